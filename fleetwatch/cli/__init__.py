@@ -1,7 +1,7 @@
 """The `fleetwatch` command. Thin: each subcommand parses its options and calls one function.
 
-Every module in this package defines `command` (a click command or group); `main` picks them all up,
-so a new subcommand is one new module here.
+Every public module in this package defines `command` (a click command or group); `main` picks them all
+up, so a new subcommand is one new module here. Modules starting with `_` hold shared helpers.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ def main() -> None:
 
 def _register() -> None:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         main.add_command(module.command)
 

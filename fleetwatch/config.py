@@ -1,0 +1,324 @@
+"""One typed configuration: a TOML file plus FLEETWATCH_* environment variables (`__` between levels).
+
+Precedence, highest first: environment, the TOML file, defaults. So
+`FLEETWATCH_STORE__URL=influxdb://127.0.0.1:8086/fleet fleetwatch run` overrides `[store] url` of the file.
+Secrets (`*.password`, `*.secret`, `*.token`) may also come from files: set `<name>_file` to a path
+(e.g. a systemd credential) and the value is read from it at load time. Secrets print masked and never
+reach the logs.
+
+A bad value fails at start with the key and what is expected, e.g.
+`mqtt.url: expected mqtt://host[:port] or mqtts://host[:port] (user:password@ allowed), got 'http://broker'`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "FLEETWATCH_"
+
+
+def default_data_dir() -> Path:
+    """Where state lives when nothing says otherwise: systemd's StateDirectory, else the XDG data dir."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "fleetwatch"
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot be used; the message names the key and what is expected."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors (a typo must not be ignored silently)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any) -> Any:
+        """`<secret>_file = "/path"` reads the secret from that file (trailing newline stripped)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name, info in cls.model_fields.items():
+            path = data.pop(f"{name}_file", None)
+            if path is None:
+                continue
+            if info.annotation not in (SecretStr, SecretStr | None):
+                raise ValueError(f"{name}_file: {name} is not a secret")
+            try:
+                data[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from None
+        return data
+
+
+class MqttConfig(Section):
+    url: str | None = Field(
+        None, description="Broker, mqtt://host:port or mqtts://host:port (TLS); user:password@ allowed. Unset: no MQTT."
+    )
+    topic: str = Field("fleet/+/telemetry", description="Subscription; the `+` level is the device id.")
+    client_id: str = Field(
+        "fleetwatch", description="Fixed client id: the broker keeps the session (and unacked messages) under it."
+    )
+    shared_group: str | None = Field(
+        None, description="Subscribe as $share/<group>/<topic> so several daemons split the load."
+    )
+    username: str | None = Field(None, description="Overrides the user in the URL.")
+    password: SecretStr | None = Field(None, description="Overrides the password in the URL.")
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="How long the broker keeps the session offline.")
+    keepalive_s: int = Field(30, ge=5)
+    receive_maximum: int = Field(
+        10_000,
+        ge=1,
+        le=65535,
+        description="Unacked QoS 1 messages the broker may have in flight to us (MQTT v5 Receive Maximum). "
+        "Messages are acked only once durable, so throughput <= receive_maximum / batch latency; the broker's "
+        "own limit (mosquitto max_inflight_messages) must be at least this.",
+    )
+    tls_ca: Path | None = Field(None, description="CA bundle for mqtts:// (default: the system's).")
+    tls_cert: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    tls_key: Path | None = Field(None, description="Client key for mutual TLS.")
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(60.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(
+                f"expected mqtt://host[:port] or mqtts://host[:port] (user:password@ allowed), got {value!r}"
+            )
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ValueError(f"port in {value!r} is not a number 1..65535") from None
+        return value
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        if value.split("/").count("+") != 1 or "#" in value:
+            raise ValueError(f"expected exactly one `+` level (the device id) and no `#`, got {value!r}")
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url or "").hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url or "")
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url or "").scheme == "mqtts"
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        parts = urlsplit(self.url or "")
+        user = self.username or (unquote(parts.username) if parts.username else None)
+        password = self.password.get_secret_value() if self.password else None
+        return user, password or (unquote(parts.password) if parts.password else None)
+
+    @property
+    def subscription(self) -> str:
+        return f"$share/{self.shared_group}/{self.topic}" if self.shared_group else self.topic
+
+
+class HttpConfig(Section):
+    listen: str = Field(
+        "127.0.0.1:8080", description="host:port of the HTTP server (Notehub routes, /healthz, /metrics)."
+    )
+    max_body_bytes: int = Field(1 << 20, gt=0, description="Larger request bodies get 413.")
+    threads: int = Field(8, ge=1, le=256)
+    enabled: bool = True
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected host:port (e.g. 127.0.0.1:8080), got {value!r}")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class NotehubConfig(Section):
+    secret: SecretStr | None = Field(
+        None, description="Shared secret a Notehub route sends in secret_header. Unset: the routes are refused (401)."
+    )
+    secret_header: str = Field("X-Fleetwatch-Secret", description="Header that carries the route secret.")
+    device_field: Literal["device", "sn", "best_id"] = Field("device", description="Event field that names the device.")
+    device_header: str = Field(
+        "X-Fleetwatch-Device",
+        description="For /notehub/binary: header (or query parameter `device`) naming the device.",
+    )
+    api_url: str = Field("https://api.notefile.net", description="Notehub API base URL (backfill, device commands).")
+    token: SecretStr | None = Field(None, description="Notehub API token (backfill, device commands).")
+    project: str | None = Field(None, description="Notehub project UID (app:...).")
+
+
+class StoreConfig(Section):
+    url: str = Field(
+        "",
+        description="embedded:///path/to/dir (default, under the data dir) or "
+        "influxdb://[user:password@]host:port/database[?rp=...&token=...&tls=1].",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value == "":
+            return value
+        scheme = urlsplit(value).scheme
+        if scheme not in ("embedded", "influxdb"):
+            raise ValueError(f"expected embedded:///path/to/dir or influxdb://host:port/database, got {value!r}")
+        if scheme == "influxdb" and not re.fullmatch(r"/[A-Za-z0-9_\-]+", urlsplit(value).path):
+            raise ValueError(f"expected influxdb://host:port/<database> with a plain database name, got {value!r}")
+        return value
+
+
+class StateConfig(Section):
+    path: Path | None = Field(None, description="SQLite state database (default: <data_dir>/state.db).")
+
+
+class FramesConfig(Section):
+    schema_dirs: list[Path] = Field(default_factory=list, description="Directories of extra schema *.toml files.")
+
+
+class PipelineConfig(Section):
+    queue_max_messages: int = Field(20_000, ge=1, description="Bounded ingest queue; full = sources stop reading.")
+    batch_max_messages: int = Field(5_000, ge=1, description="Decode and write at most this many messages at once.")
+    batch_wait_s: float = Field(0.2, gt=0, description="Write a partial batch after this long.")
+    spool_dir: Path | None = Field(
+        None, description="Disk spool used while the store is down (default: <data_dir>/spool)."
+    )
+    spool_max_bytes: int = Field(10 << 30, gt=0, description="Spool size at which ingest stops acking (backpressure).")
+    replay_interval_s: float = Field(2.0, gt=0, description="How often to retry the store while spooling.")
+    ack_timeout_s: float = Field(30.0, gt=0, description="HTTP ingest waits this long for durability before 503.")
+
+
+class LogConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class FleetConfig(Section):
+    inventory: Path | None = Field(
+        None, description="CSV with a `device` column plus one column per tag (each tag value is a cohort)."
+    )
+
+
+class Settings(BaseSettings):
+    """The whole configuration; see docs/configuration.md and deploy/fleetwatch.toml for every key."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    data_dir: Path = Field(default_factory=default_data_dir, description="State, spool and the embedded store.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    notehub: NotehubConfig = Field(default_factory=NotehubConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    frames: FramesConfig = Field(default_factory=FramesConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment over the TOML file (passed as init values) over defaults."""
+        return (env_settings, init_settings)
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"embedded://{self.data_dir / 'store'}"
+
+    @property
+    def state_path(self) -> Path:
+        return self.state.path or self.data_dir / "state.db"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.pipeline.spool_dir or self.data_dir / "spool"
+
+
+def load_config(path: Path | None) -> Settings:
+    """Read the TOML file (if any) and the environment; raise ConfigError naming the first bad key."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(p) for p in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see deploy/fleetwatch.toml for every key)"
+        lines.append(f"{key}: {message}")
+    return "\n".join(lines)
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain values, secrets and URL passwords masked."""
+    data = settings.model_dump(mode="json")
+    data["store"]["url"] = settings.store_url
+    data["state"]["path"] = str(settings.state_path)
+    data["pipeline"]["spool_dir"] = str(settings.spool_dir)
+    return _mask(data)
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    if isinstance(value, str):
+        return mask_url(value)
+    return value
+
+
+def mask_url(text: str) -> str:
+    """Hide the password in scheme://user:password@host and any token=... query parameter."""
+    text = re.sub(r"(://[^:/@\s]+:)[^@/\s]+@", r"\1***@", text)
+    return re.sub(r"((?:token|password|secret)=)[^&\s]+", r"\1***", text, flags=re.IGNORECASE)
