@@ -20,7 +20,7 @@ The model (parameters are `FleetSpec` fields; d = device, k = window, c = input 
   level in the reference period:  sigma[c] = sqrt(A[c]^2 / 2 + J[c]^2 + S[c]^2 / m).
   The daily cycle IS part of the window means; A^2 / 2 is its mean square over whole cycles (exact when
   the windows tile the cycle, e.g. hourly windows and a 24 h cycle). Device offsets are not in sigma (they
-  are the device's level). Wire rounding to 0.001 adds ~0.1% at the defaults (sigma = 0.0194 g).
+  are the device's level). Wire rounding to 0.001 adds ~0.01% at the defaults (sigma = 0.0194 g).
   Shifts in `Change("input_mean_shift", k)` are k * sigma[c].
 - Inferences: Poisson(rate[d]), rate[d] = inferences_per_window * lognormal(0, rate_spread); with
   probability idle_probability the window is idle (0 inferences). An idle window reports zero input

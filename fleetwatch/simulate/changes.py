@@ -169,7 +169,7 @@ def reboot_rate(spec: FleetSpec, truth: Truth, window: int) -> np.ndarray:
 
 
 def window_effects(spec: FleetSpec, truth: Truth, models: ModelEffects, window: int) -> Effects:
-    """Combine the changes active in `window` with each device's model profile."""
+    """Combine the changes active in `window` with each device's model profile (`reboots`: see reboot_rate)."""
     n = truth.targets.shape[1]
     shift = np.zeros((n, CHANNELS))
     var_factor = np.ones((n, CHANNELS))
