@@ -67,7 +67,7 @@ static size_t close_ok(fwt_aggregator_t *agg, uint32_t window_start, uint8_t *fr
 {
     size_t len = fwt_close_window(agg, window_start, 3600, frame, FWT_FRAME_LEN);
     CHECK_EQ(len, FWT_FRAME_LEN);
-    CHECK_EQ(get_u16(frame, FWT_FRAME_LEN - 2u), fwt_crc16(frame, FWT_FRAME_LEN - 2u));
+    CHECK_EQ(get_u16(frame, FWT_FRAME_LEN - FWT_CRC_LEN), fwt_crc16(frame, FWT_FRAME_LEN - FWT_CRC_LEN));
     return len;
 }
 
