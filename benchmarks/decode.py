@@ -62,14 +62,39 @@ def baseline(messages: list[bytes], received: int) -> int:
             for v in FRAME.iter_unpack(frame):
                 count, anomalies, p50, p95, mem = v[9], v[10], v[11], v[12], v[13]
                 if (
-                    v[0] != 0xFB or v[2] != 1 or v[6] == 0 or sum(v[22:32]) != count or sum(v[32:36]) != count
-                    or anomalies > count or p50 > p95 or mem > 100 or v[5] > received + 86400
+                    v[0] != 0xFB
+                    or v[2] != 1
+                    or v[6] == 0
+                    or sum(v[22:32]) != count
+                    or sum(v[32:36]) != count
+                    or anomalies > count
+                    or p50 > p95
+                    or mem > 100
+                    or v[5] > received + 86400
                 ):
                     continue
                 means = [x / 1000 for x in v[16:19]]
                 variances = [x / 10000 for x in v[19:22]]
-                out.append((v[4], v[5], v[6], v[7], v[8], count, anomalies, p50 / 10, p95 / 10, mem, v[14], v[15],
-                            means, variances, v[22:32], v[32:36]))
+                out.append(
+                    (
+                        v[4],
+                        v[5],
+                        v[6],
+                        v[7],
+                        v[8],
+                        count,
+                        anomalies,
+                        p50 / 10,
+                        p95 / 10,
+                        mem,
+                        v[14],
+                        v[15],
+                        means,
+                        variances,
+                        v[22:32],
+                        v[32:36],
+                    )
+                )
                 ok += 1
     return ok
 

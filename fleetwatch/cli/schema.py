@@ -55,7 +55,7 @@ def show(schema_id: int, as_json: bool, schema_dirs: tuple[Path, ...]) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file.")
 @schema_dirs_option
 def c_header(schema_id: int, output: Path | None, schema_dirs: tuple[Path, ...]) -> None:
-    """The C header the firmware compiles in for this schema (packed struct, offsets, invariants)."""
+    """The C header the firmware compiles in for this schema (ids, lengths, offsets, scales, flag bits)."""
     from fleetwatch.frames.cheader import render_c_header
 
     text = render_c_header(_get(load_registry(schema_dirs), schema_id))

@@ -1,0 +1,170 @@
+"""The fleetwatch service: builds every part from one config, runs them, and stops them gracefully.
+
+Start order: state database, store, pipeline worker, HTTP server, MQTT. Stop order (SIGTERM/SIGINT):
+MQTT stops taking messages (those arriving stay unacknowledged and come again next session), the HTTP
+server stops, the pipeline drains its queue (acks go out while the MQTT connection is still up), then
+MQTT disconnects and the store closes. A second signal exits at once; nothing acknowledged is lost either
+way, because acknowledgements follow durability.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from waitress.server import create_server
+
+from fleetwatch.api import App
+from fleetwatch.config import Settings, mask_url
+from fleetwatch.frames import Registry
+from fleetwatch.metrics import Metrics
+from fleetwatch.pipeline import Pipeline
+from fleetwatch.quarantine import Quarantine
+from fleetwatch.sinks import open_store
+from fleetwatch.sinks.base import SinkUnavailable, Store
+from fleetwatch.sources.mqtt import MqttSource
+from fleetwatch.spool import Spool
+from fleetwatch.state import StateDB
+
+log = logging.getLogger(__name__)
+
+
+def build_pipeline(settings: Settings, db: StateDB, store: Store, metrics: Metrics) -> Pipeline:
+    """The ingest pipeline as the config describes it (the daemon's, and the import commands')."""
+    p = settings.pipeline
+    return Pipeline(
+        store,
+        Registry.with_dirs(settings.frames.schema_dirs),
+        Quarantine(db),
+        Spool(settings.spool_dir),
+        metrics,
+        queue_max=p.queue_max_messages,
+        batch_max=p.batch_max_messages,
+        batch_wait_s=p.batch_wait_s,
+        replay_interval_s=p.replay_interval_s,
+    )
+
+
+class Daemon:
+    """Every running part of fleetwatch, composed from `settings`."""
+
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.db = StateDB(settings.state_path)
+        self.store = store or open_store(settings.store_url)
+        self.pipeline = build_pipeline(settings, self.db, self.store, self.metrics)
+        self.registry = self.pipeline.registry
+        self.quarantine = self.pipeline.quarantine
+        self.mqtt = MqttSource(settings.mqtt, self.pipeline.submit) if settings.mqtt.url else None
+        self.app = App(
+            settings.http,
+            settings.notehub,
+            self.metrics,
+            lambda message, timeout: self.pipeline.submit(message, timeout),
+            self.health,
+            ack_timeout_s=settings.pipeline.ack_timeout_s,
+        )
+        self._server = None
+        self._server_thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._on_stop: list[Callable[[], None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        log.info("store %s, state %s", mask_url(self.settings.store_url), self.settings.state_path)
+        try:
+            self.store.ping()
+            self.metrics.up.set(1)
+        except SinkUnavailable as exc:
+            log.warning("store not reachable at start (%s): frames will be spooled until it is", exc)
+            self.metrics.up.set(0)
+        self.pipeline.start()
+        if self.settings.http.enabled:
+            http = self.settings.http
+            self._server = create_server(
+                self.app,
+                host=http.host,
+                port=http.port,
+                threads=http.threads,
+                max_request_body_size=http.max_body_bytes * 2,
+                ident="fleetwatch",
+            )
+            self._server_thread = threading.Thread(target=self._server.run, name="fleetwatch-http", daemon=True)
+            self._server_thread.start()
+            log.info("HTTP listening on %s:%s", http.host, self.http_port)
+        if self.mqtt is not None:
+            self.mqtt.start()
+            log.info("MQTT %s, topic %s", mask_url(self.settings.mqtt.url or ""), self.settings.mqtt.subscription)
+        _sd_notify("READY=1")
+
+    @property
+    def http_port(self) -> int:
+        """The bound port (useful when the config says port 0)."""
+        return self._server.effective_port if self._server is not None else 0
+
+    def add_stop_hook(self, hook: Callable[[], None]) -> None:
+        """Run `hook` first when stopping (used by the scheduler and the action workers)."""
+        self._on_stop.append(hook)
+
+    def stop(self, timeout: float = 8.0) -> None:
+        """Drain and stop everything; returns within about `timeout` seconds."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        _sd_notify("STOPPING=1")
+        deadline = time.monotonic() + timeout
+        for hook in self._on_stop:
+            hook()
+        if self.mqtt is not None:
+            self.mqtt.stop_intake()
+        if self._server is not None:
+            self._server.close()
+        self.pipeline.stop(timeout=max(deadline - time.monotonic(), 0.5))
+        if self.mqtt is not None:
+            self.mqtt.close()
+        self.store.close()
+        self.db.close()
+        log.info("stopped")
+
+    def health(self) -> dict[str, bool]:
+        checks = {"pipeline": self.pipeline.running}
+        if self.mqtt is not None:
+            checks["mqtt"] = self.mqtt.connected.is_set()
+        return checks
+
+    def run_forever(self) -> None:
+        """Start, then block until SIGTERM or SIGINT; stop gracefully (a second signal exits at once)."""
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if self._stopped.is_set():
+                os._exit(1)
+            log.info("signal %s: draining and stopping", signal.Signals(signum).name)
+            threading.Thread(target=self.stop, name="fleetwatch-stop").start()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        while not self._stopped.is_set():
+            self._stopped.wait(1.0)
+        for thread in threading.enumerate():
+            if thread.name == "fleetwatch-stop":
+                thread.join(10)
+
+
+def _sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) about readiness and stopping; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(state.encode())

@@ -1,0 +1,1 @@
+"""Sources: where transport messages come from (MQTT, Notehub routes and API, files)."""

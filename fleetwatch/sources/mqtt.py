@@ -1,0 +1,112 @@
+"""MQTT source (paho-mqtt 2.x, MQTT v5): QoS 1, persistent session, optional shared subscription, TLS.
+
+Messages are acknowledged manually, only once their frames are durable (see pipeline.py), so a
+`kill -9` of the daemon loses nothing the broker accepted: the broker keeps unacknowledged messages in
+the session (fixed client id, clean_start false, session expiry) and sends them again on reconnect.
+The device id is the topic level where the configured topic has `+`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from fleetwatch.config import MqttConfig
+from fleetwatch.pipeline import Message
+
+log = logging.getLogger(__name__)
+
+
+class MqttSource:
+    """Subscribes to the telemetry topic and hands each message to `submit` with an ack callback."""
+
+    transport = "mqtt"
+
+    def __init__(self, config: MqttConfig, submit: Callable[[Message], None]) -> None:
+        self.config = config
+        self._submit = submit
+        self._device_level = config.topic.split("/").index("+")
+        self._intake = threading.Event()
+        self._intake.set()
+        self.connected = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=config.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        user, password = config.credentials()
+        if user:
+            self.client.username_pw_set(user, password)
+        if config.tls:
+            self.client.tls_set(
+                ca_certs=str(config.tls_ca) if config.tls_ca else None,
+                certfile=str(config.tls_cert) if config.tls_cert else None,
+                keyfile=str(config.tls_key) if config.tls_key else None,
+            )
+        self.client.reconnect_delay_set(int(config.reconnect_min_s), int(config.reconnect_max_s))
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    def start(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.config.session_expiry_s
+        props.ReceiveMaximum = self.config.receive_maximum
+        self.client.connect_async(
+            self.config.host, self.config.port, self.config.keepalive_s, clean_start=False, properties=props
+        )
+        self.client.loop_start()
+
+    def stop_intake(self) -> None:
+        """Stop taking new messages; those arriving now stay unacknowledged and come again next session."""
+        self._intake.clear()
+
+    def close(self) -> None:
+        """Disconnect (keeping the broker-side session) and stop the network thread."""
+        self._intake.clear()
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.connected.wait(timeout)
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object
+    ) -> None:
+        if reason.is_failure:
+            log.error("MQTT connect to %s:%s refused: %s", self.config.host, self.config.port, reason)
+            return
+        log.info(
+            "MQTT connected to %s:%s; subscribing %s", self.config.host, self.config.port, self.config.subscription
+        )
+        client.subscribe(self.config.subscription, qos=1)
+        self.connected.set()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object
+    ) -> None:
+        self.connected.clear()
+        if reason.is_failure:
+            log.warning("MQTT disconnected (%s); reconnecting with backoff", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if not self._intake.is_set():
+            return
+        levels = msg.topic.split("/")
+        device = levels[self._device_level] if len(levels) > self._device_level else ""
+        mid, qos = msg.mid, msg.qos
+
+        def ack() -> None:
+            if qos > 0:
+                client.ack(mid, qos)
+
+        self._submit(Message(bytes(msg.payload), device, int(time.time()), self.transport, ack))

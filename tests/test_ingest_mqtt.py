@@ -1,0 +1,283 @@
+"""The daemon end to end with a real mosquitto and a real influxd: exact values, faults, no loss.
+
+Publishers are real paho-mqtt clients standing for devices; the daemon runs in-process or, for the
+crash tests, as a separate `fleetwatch run` process that is killed with SIGKILL or stopped with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+import requests
+from paho.mqtt.enums import CallbackAPIVersion
+
+from fleetwatch.config import Settings
+from fleetwatch.daemon import Daemon
+from fleetwatch.frames import Registry, decode_messages, encode_frames
+from fleetwatch.sinks import open_store
+
+SCHEMA = Registry.builtin().get(1)
+START = 1_795_000_000
+
+
+def fleet_frames(devices: int, windows: int, variant: int = 0) -> list[tuple[str, bytes]]:
+    """(device, frame) in publishing order: window by window across the fleet; values encode identity."""
+    n = devices * windows
+    dev = np.tile(np.arange(devices), windows)
+    win = np.repeat(np.arange(windows), devices)
+    count = (dev * 7 + win * 3 + variant) % 400
+    hist = np.zeros((n, 10), dtype=int)
+    hist[:, 9] = count
+    classes = np.zeros((n, 4), dtype=int)
+    classes[:, 2] = count
+    rows = encode_frames(
+        SCHEMA,
+        {
+            "seq": win,
+            "window_start": START + 3600 * win,
+            "window_s": np.full(n, 3600),
+            "fw_version": ["1.2.3"] * n,
+            "model_id": np.full(n, 42),
+            "inference_count": count,
+            "anomaly_count": count // 4,
+            "latency_p50_ms": (dev % 50) / 10 + 1,
+            "latency_p95_ms": (dev % 50) / 10 + 2 + variant / 10,
+            "mem_peak_pct": dev % 101,
+            "battery_mv": 3000 + win,
+            "input_mean": np.stack([dev / 1000, -win / 1000, np.full(n, 0.5)], axis=1),
+            "input_var": np.stack([win / 10000, dev / 10000, np.full(n, 1.25)], axis=1),
+            "conf_hist": hist,
+            "class_counts": classes,
+        },
+    )
+    return [(f"dev-{d:04d}", r.tobytes()) for d, r in zip(dev.tolist(), rows, strict=True)]
+
+
+class Publisher:
+    """A device-side MQTT client publishing QoS 1 and waiting for the broker's PUBACKs."""
+
+    def __init__(self, port: int) -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"devices-{os.getpid()}-{time.time_ns()}")
+        self.client.max_inflight_messages_set(200)
+        self.client.max_queued_messages_set(0)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def publish(self, items: list[tuple[str, bytes]], pace: Callable[[int], None] | None = None) -> None:
+        infos = []
+        for i, (device, frame) in enumerate(items):
+            infos.append(self.client.publish(f"fleet/{device}/telemetry", frame, qos=1))
+            if pace is not None:
+                pace(i)
+        for info in infos:
+            info.wait_for_publish(30)
+            assert info.is_published()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def stored_points(store_url: str) -> dict[str, np.ndarray]:
+    store = open_store(store_url)
+    try:
+        return store.read_frames(0, 2**31, schema=SCHEMA)
+    finally:
+        store.close()
+
+
+def assert_exact(columns: dict[str, np.ndarray], expected: list[tuple[str, bytes]]) -> None:
+    """The store holds exactly the expected frames' decoded values (one point per device and window)."""
+    decoded = decode_messages(
+        [f for _, f in expected], [d for d, _ in expected], [START] * len(expected), Registry.builtin()
+    )
+    want = decoded.batches[1].columns()
+    order_want = np.lexsort((want["window_start"], want["device"].astype(str)))
+    order_got = np.lexsort((columns["time"], columns["device"].astype(str)))
+    assert len(columns["time"]) == len(expected)
+    assert columns["device"][order_got].tolist() == want["device"][order_want].tolist()
+    assert columns["time"][order_got].tolist() == want["window_start"][order_want].tolist()
+    for name in ("inference_count", "anomaly_count", "latency_p50_ms", "latency_p95_ms", "battery_mv"):
+        assert columns[name][order_got].tolist() == want[name][order_want].tolist(), name
+    for i in range(3):
+        assert columns[f"input_mean_{i}"][order_got].tolist() == want["input_mean"][order_want, i].tolist()
+        assert columns[f"input_var_{i}"][order_got].tolist() == want["input_var"][order_want, i].tolist()
+    assert set(columns["fw_version"].tolist()) == {"1.2.3"}
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def make(mqtt_port: int, store_url: str, **pipeline: object) -> Daemon:
+        settings = Settings(
+            data_dir=tmp_path / "data",
+            mqtt={"url": f"mqtt://127.0.0.1:{mqtt_port}", "client_id": f"fw-{tmp_path.name}"},
+            store={"url": store_url},
+            http={"listen": "127.0.0.1:0"},
+            pipeline={"batch_wait_s": 0.05, "replay_interval_s": 0.3, **pipeline},
+        )
+        daemon = Daemon(settings)
+        daemon.start()
+        assert daemon.mqtt is not None and daemon.mqtt.wait_connected(10)
+        started.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in started:
+        daemon.stop()
+
+
+def test_published_frames_come_back_exactly(mosquitto, influx_db: str, daemon_factory) -> None:
+    daemon = daemon_factory(mosquitto.port, influx_db)
+    items = fleet_frames(devices=40, windows=5)
+    publisher = Publisher(mosquitto.port)
+    publisher.publish(items)
+    publisher.close()
+    wait_for(lambda: len(stored_points(influx_db)["time"]) == len(items), 30, "all frames in influxd")
+    assert_exact(stored_points(influx_db), items)
+    assert daemon.quarantine.counts() == {}
+
+
+def test_influxd_down_under_load_spools_and_replays_in_order(
+    mosquitto, influxd, influx_db: str, daemon_factory
+) -> None:
+    daemon = daemon_factory(mosquitto.port, influx_db)
+    first = fleet_frames(devices=50, windows=4)
+    publisher = Publisher(mosquitto.port)
+    publisher.publish(first[:100])
+    wait_for(lambda: len(stored_points(influx_db)["time"]) == 100, 30, "the first frames stored")
+    influxd.stop()
+    publisher.publish(first[100:])
+    revised = fleet_frames(devices=50, windows=4, variant=1)
+    publisher.publish(revised[:50])  # re-sent windows with new values while the store is down: they must win
+    wait_for(lambda: daemon.metrics.frames_spooled._value.get() >= 150, 30, "frames spooled")
+    influxd.start()
+    wait_for(lambda: daemon.pipeline.spool.is_empty(), 60, "the spool to drain")
+    publisher.close()
+    expected = revised[:50] + first[50:]
+    wait_for(lambda: len(stored_points(influx_db)["time"]) == len(expected), 30, "every frame stored")
+    assert_exact(stored_points(influx_db), expected)
+    assert daemon.metrics.frames_replayed._value.get() == daemon.metrics.frames_spooled._value.get()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_process(tmp_path: Path, mqtt_port: int, store_url: str, http_port: int) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "FLEETWATCH_DATA_DIR": str(tmp_path / "data"),
+        "FLEETWATCH_MQTT__URL": f"mqtt://127.0.0.1:{mqtt_port}",
+        "FLEETWATCH_MQTT__CLIENT_ID": f"fw-proc-{tmp_path.name}",
+        "FLEETWATCH_STORE__URL": store_url,
+        "FLEETWATCH_HTTP__LISTEN": f"127.0.0.1:{http_port}",
+        "FLEETWATCH_PIPELINE__BATCH_WAIT_S": "0.05",
+    }
+    with (tmp_path / "daemon.log").open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "fleetwatch", "run"], env=env, stderr=log)
+
+    def ready() -> bool:
+        try:
+            return requests.get(f"http://127.0.0.1:{http_port}/healthz/ready", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    wait_for(ready, 30, "the daemon to be ready")
+    return proc
+
+
+def test_kill_9_mid_stream_then_restart_loses_nothing(mosquitto, influx_db: str, tmp_path: Path) -> None:
+    http_port = free_port()
+    proc = start_process(tmp_path, mosquitto.port, influx_db, http_port)
+    items = fleet_frames(devices=100, windows=20)
+    publisher = Publisher(mosquitto.port)
+    killed = {}
+
+    def pace(i: int) -> None:
+        if i == 700:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            killed["at"] = i
+        if i % 100 == 0:
+            time.sleep(0.05)
+
+    publisher.publish(items, pace)
+    assert killed, "the daemon was killed mid-stream"
+    restarted = start_process(tmp_path, mosquitto.port, influx_db, http_port)
+    try:
+        wait_for(lambda: len(stored_points(influx_db)["time"]) == len(items), 60, "every frame after the restart")
+        assert_exact(stored_points(influx_db), items)
+    finally:
+        publisher.close()
+        restarted.send_signal(signal.SIGTERM)
+        restarted.wait(15)
+
+
+def test_sigterm_drains_and_exits_0_within_10_s(mosquitto, influx_db: str, tmp_path: Path) -> None:
+    http_port = free_port()
+    proc = start_process(tmp_path, mosquitto.port, influx_db, http_port)
+    publisher = Publisher(mosquitto.port)
+    items = fleet_frames(devices=20, windows=10)
+    publisher.publish(items)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert time.monotonic() - started < 10
+    publisher.close()
+    restarted = start_process(tmp_path, mosquitto.port, influx_db, http_port)
+    try:
+        wait_for(lambda: len(stored_points(influx_db)["time"]) == len(items), 30, "every frame")
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        assert restarted.wait(10) == 0
+
+
+def test_fuzzed_payloads_never_crash_the_daemon(mosquitto, influx_db: str, daemon_factory) -> None:
+    daemon = daemon_factory(mosquitto.port, influx_db)
+    rng = np.random.default_rng(11)
+    good = [f for _, f in fleet_frames(devices=10, windows=3)]
+    payloads = []
+    for i in range(300):
+        kind = i % 4
+        if kind == 0:
+            payloads.append(rng.integers(0, 256, int(rng.integers(0, 200)), dtype=np.uint8).tobytes())
+        elif kind == 1:
+            frame = bytearray(good[i % len(good)])
+            frame[int(rng.integers(0, len(frame)))] ^= 1 << int(rng.integers(0, 8))
+            payloads.append(bytes(frame))
+        elif kind == 2:
+            payloads.append(good[i % len(good)][: int(rng.integers(0, 74))])
+        else:
+            payloads.append(
+                good[i % len(good)] + rng.integers(0, 256, int(rng.integers(1, 30)), dtype=np.uint8).tobytes()
+            )
+    expected = decode_messages(payloads, ["fuzz"] * len(payloads), [START] * len(payloads), Registry.builtin())
+    publisher = Publisher(mosquitto.port)
+    publisher.publish([("fuzz", p) for p in payloads])
+    publisher.close()
+    wait_for(lambda: sum(daemon.quarantine.counts().values()) == len(expected.rejects), 30, "every reject quarantined")
+    assert daemon.quarantine.counts() == expected.reject_counts()
+    assert requests.get(f"http://127.0.0.1:{daemon.http_port}/healthz", timeout=5).json()["ready"] is True
