@@ -229,6 +229,20 @@ class FleetConfig(Section):
     )
 
 
+class DriftConfig(Section):
+    baselines_dir: Path | None = Field(None, description="Versioned baseline files (default: <data_dir>/baselines).")
+    window_s: int = Field(3600, gt=0, description="The aggregation window the devices use (checks align to it).")
+    check_delay_s: int = Field(300, ge=0, description="Wait this long after a window ends for late frames.")
+    misfire_grace_s: int = Field(900, ge=0, description="A check missed by less than this still runs.")
+    q_max: float = Field(0.01, gt=0, lt=1, description="BH q-value a device/cohort finding must reach.")
+    arl0_windows: float = Field(
+        24_000, gt=1, description="CUSUM false-alarm budget: expected windows between false alarms of one device."
+    )
+    cusum_delta: float = Field(1.0, gt=0, description="CUSUM tuned to detect a shift of this many sigma.")
+    min_inferences: int = Field(30, ge=1, description="Windows with fewer inferences are not tested on counts.")
+    enabled: bool = Field(True, description="Run scheduled drift checks in the daemon.")
+
+
 class Settings(BaseSettings):
     """The whole configuration; see docs/configuration.md and deploy/fleetwatch.toml for every key."""
 
@@ -246,6 +260,7 @@ class Settings(BaseSettings):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -266,6 +281,10 @@ class Settings(BaseSettings):
     @property
     def state_path(self) -> Path:
         return self.state.path or self.data_dir / "state.db"
+
+    @property
+    def baselines_dir(self) -> Path:
+        return self.drift.baselines_dir or self.data_dir / "baselines"
 
     @property
     def spool_dir(self) -> Path:

@@ -22,10 +22,12 @@ from waitress.server import create_server
 
 from fleetwatch.api import App
 from fleetwatch.config import Settings, mask_url
+from fleetwatch.drift.runner import runner_from_settings
 from fleetwatch.frames import Registry
 from fleetwatch.metrics import Metrics
 from fleetwatch.pipeline import Pipeline
 from fleetwatch.quarantine import Quarantine
+from fleetwatch.scheduler import Jobs, Lease
 from fleetwatch.sinks import open_store
 from fleetwatch.sinks.base import SinkUnavailable, Store
 from fleetwatch.sources.mqtt import MqttSource
@@ -75,6 +77,11 @@ class Daemon:
         self._server_thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._on_stop: list[Callable[[], None]] = []
+        self.jobs = Jobs(Lease(self.db), misfire_grace_s=settings.drift.misfire_grace_s)
+        self.drift = runner_from_settings(settings, self.store) if settings.drift.enabled else None
+        if self.drift is not None:
+            self.jobs.add("drift-check", self.drift.check, settings.drift.window_s, settings.drift.check_delay_s)
+        self.add_stop_hook(self.jobs.stop)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -102,6 +109,7 @@ class Daemon:
         if self.mqtt is not None:
             self.mqtt.start()
             log.info("MQTT %s, topic %s", mask_url(self.settings.mqtt.url or ""), self.settings.mqtt.subscription)
+        self.jobs.start()
         _sd_notify("READY=1")
 
     @property

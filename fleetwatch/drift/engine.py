@@ -1,0 +1,400 @@
+"""The drift engine: one window of the whole fleet in, findings out, device -> cohort -> fleet. Pure.
+
+`evaluate(window, baselines, cohorts, state, settings, at)` takes the telemetry of one window (columns as
+`Store.read_frames` returns them; at most one row per device), the baselines by model_id, the cohort
+membership, and the state carried from the previous window (CUSUM sums, open findings). It returns the
+findings and the new state. No I/O, no clock: `at` is the end of the evaluated window.
+
+Signals and how each is decided (docs/drift.md says why):
+
+| signal | per device | control |
+|---|---|---|
+| `input_mean_<c>` | z = (window mean - own level) / sigma_within; two-sided CUSUM | ARL0 budget |
+| `input_var_<c>` | z = (log window variance - baseline) / sd; two-sided CUSUM | ARL0 budget |
+| `confidence` | G-test of the confidence histogram vs baseline, / dispersion; PSI | BH q across devices |
+| `class_prior` | G-test of class counts vs baseline priors, / dispersion; PSI | BH q across devices |
+| `anomaly_rate` | quasi-binomial z, one-sided up | BH q across devices |
+| `accuracy` | label-free estimated accuracy vs baseline, one-sided down | BH q across devices |
+| `latency_p95` | z vs baseline, one-sided up | BH q across devices |
+| `memory` | z vs baseline, one-sided up | BH q across devices |
+
+A device finding needs significance (a CUSUM alarm, or q <= q_max) AND an effect at least the signal's
+minimum. Cohorts (inventory tags, fw_version, model_id) and the fleet get two kinds of evidence: the
+Stouffer combination of their devices' window scores (a CUSUM on it for the input signals, BH across
+cohorts for the others), which pools shifts no single device can show, and the number of devices in
+alarm against a binomial bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from scipy import special
+
+from fleetwatch.baselines.model import Baseline
+from fleetwatch.drift.multitest import bh_qvalues, binomial_tail
+from fleetwatch.drift.sequential import CusumState, cusum_step, threshold
+from fleetwatch.drift.stats import (
+    anomaly_p,
+    estimated_accuracy,
+    goodness_of_fit,
+    one_sided_p,
+    psi,
+    two_sided_p,
+)
+from fleetwatch.findings import Finding
+
+CHANNELS = 3
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """Thresholds; defaults and the reasons for them are in docs/drift.md."""
+
+    q_max: float = 0.01
+    arl0_windows: float = 24_000.0
+    cusum_delta: float = 1.0
+    min_inferences: int = 30
+    min_effect: Mapping[str, float] = field(
+        default_factory=lambda: {
+            "input_mean": 0.5,
+            "input_var": 0.3,
+            "confidence": 0.1,
+            "class_prior": 0.1,
+            "anomaly_rate": 0.02,
+            "accuracy": 0.05,
+            "latency_p95": 0.25,
+            "memory": 10.0,
+        }
+    )
+    cohort_min_effect: float = 0.25
+    critical_factor: float = 3.0
+
+    @property
+    def h(self) -> float:
+        return threshold(self.arl0_windows, self.cusum_delta)
+
+
+SEQUENTIAL = tuple(f"input_mean_{c}" for c in range(CHANNELS)) + tuple(f"input_var_{c}" for c in range(CHANNELS))
+
+
+@dataclass(frozen=True)
+class EngineState:
+    """Carried from window to window: CUSUM sums by (scope key, signal) and the open findings."""
+
+    cusum: Mapping[str, Mapping[str, tuple[float, float, int]]] = field(default_factory=dict)
+    open: frozenset[tuple[str, str, str]] = frozenset()
+
+    def sums(self, signal: str, keys: np.ndarray) -> CusumState:
+        table = self.cusum.get(signal, {})
+        rows = [table.get(k, (0.0, 0.0, 0)) for k in keys.tolist()]
+        arr = np.array(rows, dtype=float).reshape(len(rows), 3)
+        return CusumState(arr[:, 0], arr[:, 1], arr[:, 2].astype(np.int64))
+
+    def with_sums(self, signal: str, keys: np.ndarray, state: CusumState) -> EngineState:
+        table = dict(self.cusum.get(signal, {}))
+        for k, u, lo, r in zip(
+            keys.tolist(), state.upper.tolist(), state.lower.tolist(), state.run.tolist(), strict=True
+        ):
+            if u == 0 and lo == 0:
+                table.pop(k, None)
+            else:
+                table[k] = (u, lo, r)
+        return replace(self, cusum={**self.cusum, signal: table})
+
+    def to_json(self) -> dict:
+        return {
+            "cusum": {s: {k: list(v) for k, v in t.items()} for s, t in self.cusum.items()},
+            "open": sorted(list(x) for x in self.open),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> EngineState:
+        cusum = {s: {k: (float(v[0]), float(v[1]), int(v[2])) for k, v in t.items()} for s, t in data["cusum"].items()}
+        return cls(cusum, frozenset(tuple(x) for x in data["open"]))
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per device and signal, for one window: z (signed evidence), p, effect, effect name."""
+
+    z: dict[str, np.ndarray]
+    p: dict[str, np.ndarray]
+    effect: dict[str, np.ndarray]
+    effect_name: dict[str, str]
+
+
+def device_scores(window: Mapping[str, np.ndarray], baseline: Baseline, settings: DriftSettings) -> Scores:
+    """Every signal's score for every device of one window against one baseline (vectorised)."""
+    n = np.asarray(window["inference_count"], dtype=float)
+    active = n >= settings.min_inferences
+    z: dict[str, np.ndarray] = {}
+    p: dict[str, np.ndarray] = {}
+    effect: dict[str, np.ndarray] = {}
+    names: dict[str, str] = {}
+    levels, known = baseline.levels_for(window["device"])
+    for c, channel in enumerate(baseline.channels[:CHANNELS]):
+        sd = np.where(known, channel.sigma_within, channel.window_mean.sd)
+        zc = (np.asarray(window[f"input_mean_{c}"], dtype=float) - levels[:, c]) / sd
+        z[f"input_mean_{c}"] = np.where(n > 0, zc, np.nan)
+        effect[f"input_mean_{c}"], names[f"input_mean_{c}"] = z[f"input_mean_{c}"], "sigma"
+        log_var = np.log(np.maximum(np.asarray(window[f"input_var_{c}"], dtype=float), 1e-4))
+        zv = (log_var - channel.log_var.mean) / channel.log_var.sd
+        z[f"input_var_{c}"] = np.where(n > 0, zv, np.nan)
+        effect[f"input_var_{c}"] = np.where(n > 0, log_var - channel.log_var.mean, np.nan)
+        names[f"input_var_{c}"] = "log_ratio"
+    for signal, prefix, bins, probs, dispersion in (
+        ("confidence", "conf_hist_", 10, baseline.confidence, baseline.confidence_dispersion),
+        ("class_prior", "class_counts_", len(baseline.class_priors), baseline.class_priors, baseline.class_dispersion),
+    ):
+        counts = np.stack([np.asarray(window[f"{prefix}{b}"], dtype=float) for b in range(bins)], axis=1)
+        _, _, _, pv = goodness_of_fit(counts, np.array(probs), dispersion)
+        p[signal] = np.where(active, pv, np.nan)
+        effect[signal], names[signal] = np.where(active, psi(counts, np.array(probs)), np.nan), "psi"
+        z[signal] = np.where(active, -special.ndtri(np.clip(p[signal], 1e-300, 1)), np.nan)
+        if signal == "confidence":
+            accuracy, se = estimated_accuracy(counts, baseline.accuracy_map())
+            expected = float(np.dot(baseline.confidence, baseline.accuracy_map()))
+            drop = (expected - accuracy) / np.maximum(se * np.sqrt(dispersion), 1e-9)
+            z["accuracy"] = np.where(active, drop, np.nan)
+            p["accuracy"] = np.where(active, one_sided_p(drop), np.nan)
+            effect["accuracy"], names["accuracy"] = np.where(active, expected - accuracy, np.nan), "accuracy_drop"
+    pa = anomaly_p(window["anomaly_count"], n, baseline.anomaly_rate, baseline.anomaly_concentration)
+    p["anomaly_rate"] = np.where(active, pa, np.nan)
+    z["anomaly_rate"] = np.where(active, -special.ndtri(np.clip(pa, 1e-300, 1)), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.asarray(window["anomaly_count"], dtype=float) / n
+    effect["anomaly_rate"], names["anomaly_rate"] = (
+        np.where(active, rate - baseline.anomaly_rate, np.nan),
+        "rate_increase",
+    )
+    for signal, column, gauss, relative in (
+        ("latency_p95", "latency_p95_ms", baseline.latency_p95_ms, True),
+        ("memory", "mem_peak_pct", baseline.mem_peak_pct, False),
+    ):
+        if gauss is None or gauss.sd <= 0:
+            continue
+        values = np.asarray(window[column], dtype=float)
+        zl = (values - gauss.mean) / gauss.sd
+        mask = active if signal == "latency_p95" else np.ones(len(values), dtype=bool)
+        z[signal] = np.where(mask, zl, np.nan)
+        p[signal] = np.where(mask, one_sided_p(zl), np.nan)
+        delta = (values - gauss.mean) / gauss.mean if relative else values - gauss.mean
+        effect[signal], names[signal] = np.where(mask, delta, np.nan), "relative_increase" if relative else "points"
+    for signal in SEQUENTIAL:
+        p[signal] = two_sided_p(z[signal])
+    return Scores(z, p, effect, names)
+
+
+def _severity(significant: np.ndarray, effect: np.ndarray, minimum: float, factor: float) -> np.ndarray:
+    size = np.abs(np.nan_to_num(effect))
+    out = np.where(significant & (size >= minimum), "warning", "ok").astype(object)
+    out[significant & (size >= minimum * factor)] = "critical"
+    return out
+
+
+def evaluate(
+    window: Mapping[str, np.ndarray],
+    baselines: Mapping[int, Baseline],
+    cohorts: Mapping[str, np.ndarray],
+    state: EngineState,
+    settings: DriftSettings,
+    at: int,
+    window_s: int,
+) -> tuple[list[Finding], EngineState]:
+    """Evaluate one window. `cohorts[name]` is a boolean mask over the window's rows."""
+    devices = np.asarray(window["device"], dtype=object).astype(str)
+    model_ids = np.asarray(window["model_id"]).astype(str)
+    findings: list[Finding] = []
+    h = settings.h
+    alarms = np.zeros(len(devices), dtype=bool)
+    stouffer_z: dict[str, np.ndarray] = {}
+    for model in sorted(set(model_ids.tolist())):
+        baseline = baselines.get(int(model))
+        if baseline is None:
+            continue
+        rows = model_ids == model
+        sub = {k: np.asarray(v)[rows] for k, v in window.items()}
+        scores = device_scores(sub, baseline, settings)
+        for signal in scores.z:
+            full = stouffer_z.setdefault(signal, np.full(len(devices), np.nan))
+            full[rows] = scores.z[signal]
+        for signal, zs in scores.z.items():
+            base = signal.rsplit("_", 1)[0] if signal in SEQUENTIAL else signal
+            minimum = settings.min_effect.get(base, 0.0)
+            if signal in SEQUENTIAL:
+                step = cusum_step(state.sums(signal, devices[rows]), zs, settings.cusum_delta, h)
+                state = state.with_sums(signal, devices[rows], step.state)
+                significant = step.alarm
+                effect = step.run_mean if base == "input_mean" else np.where(step.alarm, scores.effect[signal], 0.0)
+                statistic = step.statistic
+                p = two_sided_p(step.run_mean * np.sqrt(np.maximum(step.state.run + step.alarm * 1, 1)))
+                q = bh_qvalues(np.where(np.isnan(zs), np.nan, p))
+            else:
+                p = scores.p[signal]
+                q = bh_qvalues(p)
+                significant = np.nan_to_num(q, nan=1.0) <= settings.q_max
+                effect, statistic = scores.effect[signal], zs
+            severity = _severity(significant, effect, minimum, settings.critical_factor)
+            alarms[np.flatnonzero(rows)[severity != "ok"]] = True
+            findings += _device_findings(
+                devices[rows],
+                signal,
+                severity,
+                statistic,
+                p,
+                q,
+                effect,
+                scores.effect_name[signal],
+                baseline.version,
+                at,
+                window_s,
+                int(model),
+                state.open,
+            )
+    group_findings, state = _group_findings(cohorts, devices, stouffer_z, alarms, state, settings, at, window_s)
+    findings += group_findings
+    evaluated = {f.identity for f in findings}
+    still_open = {i for i in state.open if i not in evaluated}
+    return findings, replace(state, open=frozenset(still_open | {f.identity for f in findings if f.severity != "ok"}))
+
+
+def _device_findings(
+    devices: np.ndarray,
+    signal: str,
+    severity: np.ndarray,
+    statistic: np.ndarray,
+    p: np.ndarray,
+    q: np.ndarray,
+    effect: np.ndarray,
+    effect_name: str,
+    version: str,
+    at: int,
+    window_s: int,
+    model_id: int,
+    was_open: frozenset[tuple[str, str, str]],
+) -> list[Finding]:
+    """Findings for devices that alarm, and "ok" for devices whose open finding cleared."""
+    out = []
+    for i in np.flatnonzero(
+        (severity != "ok") | np.array([("device", d, signal) in was_open for d in devices.tolist()])
+    ):
+        out.append(
+            Finding(
+                scope="device",
+                key=str(devices[i]),
+                signal=signal,
+                statistic=_num(statistic[i]),
+                p=_num(p[i], 1.0),
+                q=_num(q[i], 1.0),
+                effect=_num(effect[i]),
+                effect_name=effect_name,
+                severity=str(severity[i]),
+                baseline_version=version,
+                window_start=at - window_s,
+                window_end=at,
+                model_id=model_id,
+            )
+        )
+    return out
+
+
+def _stouffer(cohorts: Mapping[str, np.ndarray], z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cohort keys, Stouffer Z = sum z / sqrt(m) over the cohort's devices with a score)."""
+    keys = np.array(list(cohorts), dtype=object)
+    if not len(keys):
+        return keys, np.zeros(0)
+    masks = np.stack([cohorts[k] for k in keys.tolist()])
+    valid = np.isfinite(z)
+    m = (masks & valid).sum(axis=1)
+    total = masks.astype(float) @ np.where(valid, z, 0.0)
+    return keys, np.where(m > 0, total / np.sqrt(np.maximum(m, 1)), np.nan)
+
+
+def _group_findings(
+    cohorts: Mapping[str, np.ndarray],
+    devices: np.ndarray,
+    z: Mapping[str, np.ndarray],
+    alarms: np.ndarray,
+    state: EngineState,
+    settings: DriftSettings,
+    at: int,
+    window_s: int,
+) -> tuple[list[Finding], EngineState]:
+    """Cohort and fleet findings: pooled (Stouffer) evidence per signal and device alarms vs binomial."""
+    keys = np.array(list(cohorts), dtype=object)
+    if not len(keys):
+        return [], state
+    was_open = state.open
+    h = settings.h
+    masks = np.stack([cohorts[k] for k in keys.tolist()])
+    out: list[Finding] = []
+    for signal, zs in z.items():
+        _, combined = _stouffer(cohorts, zs)
+        m = (masks & np.isfinite(zs)).sum(axis=1)
+        mean_z = np.where(m > 0, combined / np.sqrt(np.maximum(m, 1)), np.nan)
+        if signal in SEQUENTIAL:
+            step = cusum_step(state.sums(signal, keys), combined, settings.cusum_delta, h)
+            state = state.with_sums(signal, keys, step.state)
+            p = two_sided_p(combined)
+            significant, statistic = step.alarm, step.statistic
+        else:
+            p = one_sided_p(combined)
+            significant, statistic = np.nan_to_num(bh_qvalues(p), nan=1.0) <= settings.q_max, combined
+        q = bh_qvalues(p)
+        severity = _severity(significant, mean_z, settings.cohort_min_effect, settings.critical_factor)
+        out += _scoped(keys, signal, severity, statistic, p, q, mean_z, "mean_z", at, window_s, was_open)
+    alpha = 1.0 / settings.arl0_windows + settings.q_max / max(len(devices), 1)
+    x = (masks & alarms).sum(axis=1)
+    total = masks.sum(axis=1)
+    p = binomial_tail(x, total, min(alpha, 1.0))
+    q = bh_qvalues(p)
+    share = np.where(total > 0, x / np.maximum(total, 1), 0.0)
+    severity = _severity(q <= settings.q_max, share, 0.05, 4.0)
+    out += _scoped(
+        keys, "device_alarms", severity, x.astype(float), p, q, share, "share_of_devices", at, window_s, was_open
+    )
+    return out, state
+
+
+def _scoped(
+    keys: np.ndarray,
+    signal: str,
+    severity: np.ndarray,
+    statistic: np.ndarray,
+    p: np.ndarray,
+    q: np.ndarray,
+    effect: np.ndarray,
+    effect_name: str,
+    at: int,
+    window_s: int,
+    was_open: frozenset[tuple[str, str, str]],
+) -> list[Finding]:
+    out = []
+    for i, key in enumerate(keys.tolist()):
+        scope = "fleet" if key == "fleet" else "cohort"
+        if severity[i] == "ok" and (scope, key, signal) not in was_open:
+            continue
+        out.append(
+            Finding(
+                scope=scope,
+                key=key,
+                signal=signal,
+                statistic=_num(statistic[i]),
+                p=_num(p[i], 1.0),
+                q=_num(q[i], 1.0),
+                effect=_num(effect[i]),
+                effect_name=effect_name,
+                severity=str(severity[i]),
+                baseline_version="",
+                window_start=at - window_s,
+                window_end=at,
+            )
+        )
+    return out
+
+
+def _num(value: float, default: float = 0.0) -> float:
+    return default if value is None or not np.isfinite(value) else float(value)

@@ -1,0 +1,148 @@
+"""Running the drift engine against a store: read a window, evaluate, write findings, keep the state.
+
+The imperative shell around `engine.evaluate`: it reads telemetry through the store's read interface,
+loads baselines and the inventory, writes findings back to the store (measurement `findings`, for
+Grafana), persists the engine state (CUSUM sums, open findings) in a JSON file so a restart continues
+where it stopped, and hands findings to whoever acts on them (the alert manager in the daemon).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fleetwatch.baselines.model import Baseline, BaselineStore
+from fleetwatch.config import Settings
+from fleetwatch.drift.engine import DriftSettings, EngineState, evaluate
+from fleetwatch.drift.scopes import Inventory, cohort_masks
+from fleetwatch.findings import Finding
+from fleetwatch.frames import Schema
+from fleetwatch.sinks.base import Store
+
+log = logging.getLogger(__name__)
+FINDINGS = "findings"
+
+
+@dataclass
+class DriftRunner:
+    """Evaluates windows of one schema for the whole fleet."""
+
+    store: Store
+    schema: Schema
+    baselines: BaselineStore
+    settings: DriftSettings
+    window_s: int
+    inventory: Inventory | None = None
+    state_path: Path | None = None
+    on_findings: Callable[[list[Finding]], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.state = EngineState()
+        if self.state_path is not None and self.state_path.is_file():
+            self.state = EngineState.from_json(json.loads(self.state_path.read_text(encoding="utf-8")))
+
+    def window_end(self, now: int) -> int:
+        """End of the last complete window at `now` (windows align to multiples of window_s)."""
+        return (int(now) // self.window_s) * self.window_s
+
+    def check(self, at: int, write: bool = True) -> list[Finding]:
+        """Evaluate the window [at - window_s, at)."""
+        window = self._latest_per_device(self.store.read_frames(at - self.window_s, at, schema=self.schema))
+        if not len(window["device"]):
+            return []
+        baselines = self._baselines(np.unique(window["model_id"]).tolist())
+        findings, self.state = evaluate(
+            window, baselines, cohort_masks(window, self.inventory), self.state, self.settings, at, self.window_s
+        )
+        if write:
+            self.write(findings)
+            self._save_state()
+            if self.on_findings is not None:
+                self.on_findings(findings)
+        return findings
+
+    def backtest(self, start: int, end: int) -> Iterator[Finding]:
+        """Replay the schedule over [start, end) window by window from a fresh state; nothing is written."""
+        self.state = EngineState()
+        first = self.window_end(start) + (self.window_s if start % self.window_s else 0)
+        for at in range(max(first, start + self.window_s), end + 1, self.window_s):
+            yield from (f for f in self.check(at, write=False) if f.severity != "ok")
+
+    def write(self, findings: Sequence[Finding]) -> None:
+        if not findings:
+            return
+        self.store.write_table(
+            FINDINGS,
+            np.array([f.window_end for f in findings], dtype=np.int64),
+            {
+                "scope": np.array([f.scope for f in findings], dtype=object),
+                "key": np.array([f.key for f in findings], dtype=object),
+                "signal": np.array([f.signal for f in findings], dtype=object),
+                "severity": np.array([f.severity for f in findings], dtype=object),
+                "model_id": np.array([str(f.model_id or "") for f in findings], dtype=object),
+            },
+            {
+                "statistic": np.array([f.statistic for f in findings]),
+                "p": np.array([f.p for f in findings]),
+                "q": np.array([f.q for f in findings]),
+                "effect": np.array([f.effect for f in findings]),
+                "effect_name": np.array([f.effect_name for f in findings], dtype=object),
+                "baseline_version": np.array([f.baseline_version for f in findings], dtype=object),
+                "window_start": np.array([f.window_start for f in findings], dtype=np.int64),
+                "window_end": np.array([f.window_end for f in findings], dtype=np.int64),
+            },
+        )
+
+    def _baselines(self, model_ids: list[str]) -> dict[int, Baseline]:
+        found = {}
+        for model in model_ids:
+            baseline = self.baselines.latest(int(model))
+            if baseline is None:
+                log.warning("no baseline for model_id %s: its devices are not checked (fleetwatch baseline fit)", model)
+            else:
+                found[int(model)] = baseline
+        return found
+
+    def _save_state(self) -> None:
+        if self.state_path is None:
+            return
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state.to_json()), encoding="utf-8")
+        tmp.replace(self.state_path)
+
+    @staticmethod
+    def _latest_per_device(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One row per device: its last frame in the window (rows come sorted by device, then time)."""
+        device = np.asarray(columns["device"], dtype=object)
+        if len(device) < 2:
+            return columns
+        last = np.append(device[1:] != device[:-1], True)
+        return {k: np.asarray(v)[last] for k, v in columns.items()}
+
+
+def runner_from_settings(settings: Settings, store: Store) -> DriftRunner:
+    """The runner the config describes (schema 1, the configured baselines, inventory and thresholds)."""
+    from fleetwatch.drift.scopes import read_inventory
+    from fleetwatch.frames import Registry
+
+    drift = settings.drift
+    return DriftRunner(
+        store=store,
+        schema=Registry.with_dirs(settings.frames.schema_dirs).get(1),
+        baselines=BaselineStore(settings.baselines_dir),
+        settings=DriftSettings(
+            q_max=drift.q_max,
+            arl0_windows=drift.arl0_windows,
+            cusum_delta=drift.cusum_delta,
+            min_inferences=drift.min_inferences,
+        ),
+        window_s=drift.window_s,
+        inventory=read_inventory(settings.fleet.inventory) if settings.fleet.inventory else None,
+        state_path=settings.data_dir / "drift-state.json",
+    )
