@@ -7,8 +7,9 @@ confidences and predicted classes give the confidence histogram and the class pr
 calibration map (accuracy per confidence bin) for label-free accuracy estimation.
 
 From a reference period (what the deployed fleet looked like while it was healthy): each device's own
-level per channel (its mean window mean), `sigma_within` = the pooled standard deviation of window means
-around each device's own level, the anomaly rate with its overdispersion, latency, memory and reboots.
+daily profile per channel (level plus the first harmonic of a day, least squares), `sigma_within` = the
+pooled standard deviation of window means around each device's own profile, the anomaly rate with its
+overdispersion, latency (log scale), memory and reboots.
 Idle windows (inference_count == 0) carry no input statistics and are left out of the input fits.
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fleetwatch.baselines.model import Baseline, ChannelBaseline, Gaussian
+from fleetwatch.baselines.model import DAY_S, Baseline, ChannelBaseline, Gaussian
 from fleetwatch.drift.stats import goodness_of_fit
 
 CONFIDENCE_EDGES = tuple(round(0.1 * i, 1) for i in range(11))
@@ -117,21 +118,31 @@ def fit_reference(
     ids, index = np.unique(device, return_inverse=True)
     n_channels = sum(1 for k in columns if k.startswith("input_mean_"))
     channels = []
-    levels = np.zeros((len(ids), n_channels))
     per_device = np.bincount(index[active], minlength=len(ids))
     trusted = per_device >= MIN_DEVICE_WINDOWS
+    middle = np.asarray(columns["time"], dtype=float) + _window_mid(columns)
+    phase = 2 * np.pi * (middle % DAY_S) / DAY_S
+    design = np.stack([np.ones(len(phase)), np.sin(phase), np.cos(phase)], axis=1)[active]
+    gram = np.zeros((len(ids), 3, 3))
+    np.add.at(gram, index[active], design[:, :, None] * design[:, None, :])
+    solvable = trusted & (np.abs(np.linalg.det(gram)) > 1e-9)
+    profiles = np.zeros((len(ids), n_channels, 3))
     for c in range(n_channels):
         mean = np.asarray(columns[f"input_mean_{c}"], dtype=float)
         log_var = np.log(np.maximum(np.asarray(columns[f"input_var_{c}"], dtype=float), _LOG_FLOOR))
+        rhs = np.zeros((len(ids), 3))
+        np.add.at(rhs, index[active], design * mean[active, None])
+        coef = np.zeros((len(ids), 3))
+        coef[solvable] = np.linalg.solve(gram[solvable], rhs[solvable][:, :, None])[:, :, 0]
         sums = np.bincount(index[active], weights=mean[active], minlength=len(ids))
-        levels[:, c] = sums / np.maximum(per_device, 1)
-        residual = mean[active] - levels[index[active], c]
-        dof = max(int(active.sum()) - int((per_device > 0).sum()), 1)
-        sigma_within = float(np.sqrt((residual**2).sum() / dof))
+        coef[~solvable, 0] = sums[~solvable] / np.maximum(per_device[~solvable], 1)
+        profiles[:, c] = coef
+        residual = mean[active] - (design * coef[index[active]]).sum(axis=1)
+        dof = max(int(active.sum()) - 3 * int(solvable.sum()) - int((~solvable & (per_device > 0)).sum()), 1)
         channels.append(
             ChannelBaseline(
                 window_mean=Gaussian(float(mean[active].mean()), float(mean[active].std(ddof=1))),
-                sigma_within=sigma_within,
+                sigma_within=float(np.sqrt((residual**2).sum() / dof)),
                 log_var=Gaussian(float(log_var[active].mean()), float(log_var[active].std(ddof=1))),
             )
         )
@@ -159,16 +170,20 @@ def fit_reference(
         anomaly_rate=rate,
         anomaly_dispersion=dispersion,
         anomaly_concentration=concentration,
-        latency_p95_ms=_gaussian(np.asarray(columns["latency_p95_ms"], dtype=float)[active]),
+        latency_p95_ms=_gaussian(np.log(np.maximum(np.asarray(columns["latency_p95_ms"], dtype=float)[active], 1e-3))),
         mem_peak_pct=_gaussian(np.asarray(columns["mem_peak_pct"], dtype=float)),
         reboot_rate=float(((flags >> 3) & 1).mean()),
         windows=len(device),
         devices=len(ids),
         confidence_dispersion=_dispersion(conf_rows, hist),
         class_dispersion=_dispersion(classes[active], classes.sum(axis=0)),
-        device_levels={str(d): tuple(levels[i].tolist()) for i, d in enumerate(ids) if trusted[i]},
+        device_levels={str(d): tuple(profiles[i].ravel().tolist()) for i, d in enumerate(ids) if solvable[i]},
         cohort=cohort,
     )
+
+
+def _window_mid(columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    return np.asarray(columns["window_s"], dtype=float) / 2 if "window_s" in columns else 1800.0
 
 
 def _dispersion(rows: np.ndarray, totals: np.ndarray) -> float:

@@ -6,7 +6,8 @@ human-readable JSON file with its provenance (source, time range, model_id, when
 Input statistics are window-level: the distribution of the window means (and of the log window
 variances) per channel, i.e. of exactly what devices send. `sigma_within` is the standard deviation of one
 device's window means around its own level; `device_levels` (reference fits only) lets a device that is
-mounted differently be compared with itself, not with the fleet.
+mounted differently be compared with itself, not with the fleet: each device's daily profile (level plus
+the first harmonic of a day) is fitted on the reference period, so a daily cycle is not taken for drift.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+#: The period of the daily profile fitted per device.
+DAY_S = 86_400
 
 
 @dataclass(frozen=True)
@@ -70,15 +74,21 @@ class Baseline:
     device_levels: dict[str, tuple[float, ...]] = field(default_factory=dict)
     cohort: str = ""
 
-    def levels_for(self, devices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(levels (n, channels), known (n,)): each device's own level, the fleet level where unknown."""
+    def levels_for(self, devices: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """(expected window means (n, channels), known (n,)) at time t (Unix s, window middle).
+
+        A known device's expectation is its own daily profile: level + a sin(w t) + b cos(w t), w = 2 pi /
+        1 day (the first harmonic of its reference period); an unknown device gets the fleet level."""
+        channels = len(self.channels)
         fleet = np.array([c.window_mean.mean for c in self.channels])
         levels = np.tile(fleet, (len(devices), 1))
         known = np.zeros(len(devices), dtype=bool)
+        phase = 2 * np.pi * (t % DAY_S) / DAY_S
+        basis = np.array([1.0, np.sin(phase), np.cos(phase)])
         for i, device in enumerate(np.asarray(devices, dtype=object).tolist()):
-            level = self.device_levels.get(device)
-            if level is not None:
-                levels[i] = level
+            profile = self.device_levels.get(device)
+            if profile is not None:
+                levels[i] = np.asarray(profile).reshape(channels, 3) @ basis
                 known[i] = True
         return levels, known
 

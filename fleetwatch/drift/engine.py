@@ -19,7 +19,10 @@ Signals and how each is decided (docs/drift.md says why):
 | `memory` | z vs baseline, one-sided up | BH q across devices |
 
 A device finding needs significance (a CUSUM alarm, or q <= q_max) AND an effect at least the signal's
-minimum. Cohorts (inventory tags, fw_version, model_id) and the fleet get two kinds of evidence: the
+minimum; for the snapshot tests (all but the input signals) in two consecutive windows, because real
+faults persist and the heavy tails of field counts produce single-window excursions.
+
+Cohorts (inventory tags, fw_version, model_id) and the fleet get two kinds of evidence: the
 Stouffer combination of their devices' window scores (a CUSUM on it for the input signals, BH across
 cohorts for the others), which pools shifts no single device can show, and the number of devices in
 alarm against a binomial bound.
@@ -61,20 +64,25 @@ class DriftSettings:
         default_factory=lambda: {
             "input_mean": 0.5,
             "input_var": 0.3,
-            "confidence": 0.1,
-            "class_prior": 0.1,
+            "confidence": 0.2,
+            "class_prior": 0.2,
             "anomaly_rate": 0.02,
             "accuracy": 0.05,
-            "latency_p95": 0.25,
+            "latency_p95": 0.5,
             "memory": 10.0,
         }
     )
     cohort_min_effect: float = 0.25
     critical_factor: float = 3.0
 
+    #: The budget is per device over all signals: each of the six sequential signals gets 1/12 of it, the
+    #: snapshot tests (BH-controlled, with minimum effects) use what is left.
+    sequential_share: float = 1 / 12
+
     @property
     def h(self) -> float:
-        return threshold(self.arl0_windows, self.cusum_delta)
+        """CUSUM threshold: one sequential signal's share of the per-device false-alarm budget."""
+        return threshold(self.arl0_windows / self.sequential_share, self.cusum_delta)
 
 
 SEQUENTIAL = tuple(f"input_mean_{c}" for c in range(CHANNELS)) + tuple(f"input_var_{c}" for c in range(CHANNELS))
@@ -86,6 +94,7 @@ class EngineState:
 
     cusum: Mapping[str, Mapping[str, tuple[float, float, int]]] = field(default_factory=dict)
     open: frozenset[tuple[str, str, str]] = frozenset()
+    hot: frozenset[tuple[str, str]] = frozenset()
 
     def sums(self, signal: str, keys: np.ndarray) -> CusumState:
         table = self.cusum.get(signal, {})
@@ -113,7 +122,7 @@ class EngineState:
     @classmethod
     def from_json(cls, data: dict) -> EngineState:
         cusum = {s: {k: (float(v[0]), float(v[1]), int(v[2])) for k, v in t.items()} for s, t in data["cusum"].items()}
-        return cls(cusum, frozenset(tuple(x) for x in data["open"]))
+        return cls(cusum, frozenset(tuple(x) for x in data["open"]), frozenset(tuple(x) for x in data.get("hot", [])))
 
 
 @dataclass(frozen=True)
@@ -126,7 +135,7 @@ class Scores:
     effect_name: dict[str, str]
 
 
-def device_scores(window: Mapping[str, np.ndarray], baseline: Baseline, settings: DriftSettings) -> Scores:
+def device_scores(window: Mapping[str, np.ndarray], baseline: Baseline, settings: DriftSettings, at: int) -> Scores:
     """Every signal's score for every device of one window against one baseline (vectorised)."""
     n = np.asarray(window["inference_count"], dtype=float)
     active = n >= settings.min_inferences
@@ -134,7 +143,7 @@ def device_scores(window: Mapping[str, np.ndarray], baseline: Baseline, settings
     p: dict[str, np.ndarray] = {}
     effect: dict[str, np.ndarray] = {}
     names: dict[str, str] = {}
-    levels, known = baseline.levels_for(window["device"])
+    levels, known = baseline.levels_for(window["device"], at - baseline.window_s / 2)
     for c, channel in enumerate(baseline.channels[:CHANNELS]):
         sd = np.where(known, channel.sigma_within, channel.window_mean.sd)
         zc = (np.asarray(window[f"input_mean_{c}"], dtype=float) - levels[:, c]) / sd
@@ -177,11 +186,13 @@ def device_scores(window: Mapping[str, np.ndarray], baseline: Baseline, settings
         if gauss is None or gauss.sd <= 0:
             continue
         values = np.asarray(window[column], dtype=float)
-        zl = (values - gauss.mean) / gauss.sd
+        zl = (
+            (np.log(np.maximum(values, 1e-3)) - gauss.mean) / gauss.sd if relative else (values - gauss.mean) / gauss.sd
+        )
         mask = active if signal == "latency_p95" else np.ones(len(values), dtype=bool)
         z[signal] = np.where(mask, zl, np.nan)
         p[signal] = np.where(mask, one_sided_p(zl), np.nan)
-        delta = (values - gauss.mean) / gauss.mean if relative else values - gauss.mean
+        delta = np.exp(np.log(np.maximum(values, 1e-3)) - gauss.mean) - 1 if relative else values - gauss.mean
         effect[signal], names[signal] = np.where(mask, delta, np.nan), "relative_increase" if relative else "points"
     for signal in SEQUENTIAL:
         p[signal] = two_sided_p(z[signal])
@@ -211,13 +222,14 @@ def evaluate(
     h = settings.h
     alarms = np.zeros(len(devices), dtype=bool)
     stouffer_z: dict[str, np.ndarray] = {}
+    hot_now: set[tuple[str, str]] = set()
     for model in sorted(set(model_ids.tolist())):
         baseline = baselines.get(int(model))
         if baseline is None:
             continue
         rows = model_ids == model
         sub = {k: np.asarray(v)[rows] for k, v in window.items()}
-        scores = device_scores(sub, baseline, settings)
+        scores = device_scores(sub, baseline, settings, at)
         for signal in scores.z:
             full = stouffer_z.setdefault(signal, np.full(len(devices), np.nan))
             full[rows] = scores.z[signal]
@@ -235,8 +247,11 @@ def evaluate(
             else:
                 p = scores.p[signal]
                 q = bh_qvalues(p)
-                significant = np.nan_to_num(q, nan=1.0) <= settings.q_max
                 effect, statistic = scores.effect[signal], zs
+                now = (np.nan_to_num(q, nan=1.0) <= settings.q_max) & (np.abs(np.nan_to_num(effect)) >= minimum)
+                before = np.array([(signal, d) in state.hot for d in devices[rows].tolist()], dtype=bool)
+                hot_now |= {(signal, d) for d in devices[rows][now].tolist()}
+                significant = now & before
             severity = _severity(significant, effect, minimum, settings.critical_factor)
             alarms[np.flatnonzero(rows)[severity != "ok"]] = True
             findings += _device_findings(
@@ -258,7 +273,8 @@ def evaluate(
     findings += group_findings
     evaluated = {f.identity for f in findings}
     still_open = {i for i in state.open if i not in evaluated}
-    return findings, replace(state, open=frozenset(still_open | {f.identity for f in findings if f.severity != "ok"}))
+    open_now = frozenset(still_open | {f.identity for f in findings if f.severity != "ok"})
+    return findings, replace(state, open=open_now, hot=frozenset(hot_now))
 
 
 def _device_findings(

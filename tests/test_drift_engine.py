@@ -1,0 +1,173 @@
+"""The drift engine on simulated fleets: it finds injected changes, stays quiet on a healthy fleet, and the
+CLI backtest prints alert events from the embedded store."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fleetwatch.baselines import Baseline, BaselineStore, fit_reference, fit_training
+from fleetwatch.drift.engine import DriftSettings, EngineState, evaluate
+from fleetwatch.drift.scopes import cohort_masks, read_inventory
+from fleetwatch.frames import Registry, decode_messages, format_fw_version
+from fleetwatch.simulate import Change, FleetSpec, Target, inventory_csv, simulate, training_windows
+from fleetwatch.sinks import open_store
+
+REF, EVAL = 168, 48
+
+
+def flat(telemetry, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Simulator columns as Store.read_frames returns them."""
+    out = {"device": np.asarray(telemetry.device)[rows]}
+    for name, values in telemetry.columns.items():
+        values = np.asarray(values)[rows]
+        if values.ndim == 2:
+            out.update({f"{name}_{i}": values[:, i] for i in range(values.shape[1])})
+        else:
+            out[name] = values
+    out["time"] = out["window_start"]
+    out["fw_version"] = format_fw_version(out["fw_version"])
+    out["model_id"] = out["model_id"].astype(str)
+    return out
+
+
+def run(spec: FleetSpec, changes: list[Change]) -> tuple[list, Baseline]:
+    telemetry = simulate(spec, changes, n_windows=REF + EVAL)
+    window = np.asarray(telemetry.window)
+    ref = flat(telemetry, window < REF)
+    baseline = fit_reference(
+        ref, model_id=int(ref["model_id"][0]), version="model-1-v1", fitted_at=0, time_range=(0, 1)
+    )
+    inventory = {
+        r["device"]: {k: v for k, v in r.items() if k != "device"}
+        for r in csv.DictReader(io.StringIO(inventory_csv(spec)))
+    }
+    state, found = EngineState(), []
+    for w in range(REF, REF + EVAL):
+        columns = flat(telemetry, window == w)
+        findings, state = evaluate(
+            columns,
+            {baseline.model_id: baseline},
+            cohort_masks(columns, inventory),
+            state,
+            DriftSettings(),
+            at=spec.start + (w + 1) * 3600,
+            window_s=3600,
+        )
+        found += [(w, f) for f in findings if f.severity != "ok"]
+    return found, baseline
+
+
+def test_a_healthy_fleet_stays_within_the_false_alarm_budget() -> None:
+    found, baseline = run(FleetSpec(n_devices=200, seed=21), [])
+    device_days = 200 * EVAL / 24
+    device_alarms = [f for _, f in found if f.scope == "device"]
+    assert len(device_alarms) <= 2, f"{len(device_alarms)} false device alarms in {device_days:.0f} device-days"
+    assert [f for _, f in found if f.scope != "device"] == []
+    assert baseline.devices == 200 and len(baseline.device_levels) == 200
+
+
+def test_device_shift_and_anomaly_rise_are_found_on_their_devices_only() -> None:
+    spec = FleetSpec(n_devices=200, seed=22)
+    shifted = Target(count=20, seed=1)
+    anomalous = Target(devices=tuple(range(150, 160)))
+    changes = [
+        Change("input_mean_shift", 2.0, shifted, onset=REF + 4, channels=(0,)),
+        Change("anomaly_rate", 0.08, anomalous, onset=REF + 4),
+    ]
+    found, _ = run(spec, changes)
+    ids = [f"dev-{i:05d}" for i in range(200)]
+    from fleetwatch.simulate import Fleet
+
+    shifted_ids = {ids[i] for i in np.flatnonzero(shifted.mask(Fleet.of(spec)))}
+    device = [(w, f) for w, f in found if f.scope == "device"]
+    mean_hits = {f.key for _, f in device if f.signal == "input_mean_0"}
+    anomaly_hits = {f.key for _, f in device if f.signal == "anomaly_rate"}
+    assert mean_hits == shifted_ids
+    assert anomaly_hits == {ids[i] for i in range(150, 160)}
+    assert all(w >= REF + 4 for w, _ in found)
+    first = min(w for w, f in device if f.signal == "input_mean_0")
+    assert first - (REF + 4) < 10
+
+
+def test_a_cohort_shift_too_small_for_devices_alerts_at_cohort_level() -> None:
+    spec = FleetSpec(n_devices=300, seed=23)
+    inventory = inventory_csv(spec)
+    site = next(csv.DictReader(io.StringIO(inventory)))["site"]
+    found, _ = run(spec, [Change("input_mean_shift", 0.5, Target(where=f"site={site}"), onset=REF + 2, channels=(1,))])
+    cohort = [w for w, f in found if f.scope == "cohort" and f.key == f"site={site}" and f.signal == "input_mean_1"]
+    assert cohort and min(cohort) - (REF + 2) <= 6
+    assert not [f for _, f in found if f.scope == "cohort" and f.key.startswith("site=") and f.key != f"site={site}"]
+
+
+def test_baseline_roundtrip_and_training_fit(tmp_path: Path) -> None:
+    spec = FleetSpec(n_devices=10, seed=2)
+    data = training_windows(spec, 300)
+    baseline = fit_training(
+        {"windows": data.samples, "confidence": data.confidence, "predicted": data.predicted, "labels": data.labels},
+        model_id=7,
+        version="model-7-v1",
+        fitted_at=1,
+    )
+    assert baseline.channels[0].window_mean.sd == pytest.approx(spec.sigma(0), rel=0.15)
+    assert np.allclose(baseline.calibration, np.linspace(0.05, 0.95, 10), atol=0.08)
+    store = BaselineStore(tmp_path)
+    store.save(baseline)
+    assert store.next_version(7) == "model-7-v2"
+    assert store.latest(7) == baseline and store.get("model-7-v1") == baseline
+
+
+def test_inventory_needs_a_device_column(tmp_path: Path) -> None:
+    path = tmp_path / "inv.csv"
+    path.write_text("id,site\na,north\n")
+    with pytest.raises(ValueError, match="needs a `device` column"):
+        read_inventory(path)
+
+
+def test_cli_fit_and_backtest_print_alert_events(tmp_path: Path) -> None:
+    spec = FleetSpec(n_devices=60, seed=24)
+    change = Change("anomaly_rate", 0.10, Target(devices=(3, 4, 5)), onset=REF + 5)
+    telemetry = simulate(spec, [change], n_windows=REF + 24)
+    store_url = f"embedded://{tmp_path / 'store'}"
+    store = open_store(store_url)
+    decoded = decode_messages(telemetry.messages(), telemetry.device, telemetry.received, Registry.builtin())
+    store.write_frames(decoded.batches[1])
+    store.close()
+    (tmp_path / "inventory.csv").write_text(inventory_csv(spec))
+    env = {
+        "FLEETWATCH_DATA_DIR": str(tmp_path / "data"),
+        "FLEETWATCH_STORE__URL": store_url,
+        "FLEETWATCH_FLEET__INVENTORY": str(tmp_path / "inventory.csv"),
+    }
+    start = int(spec.start)
+    split = start + REF * 3600
+
+    def cli(*args: str) -> str:
+        import os
+
+        return subprocess.run(
+            [sys.executable, "-m", "fleetwatch", *args],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    assert "wrote" in cli("baseline", "fit", "--reference-from", str(start), "--reference-to", str(split))
+    events = [
+        json.loads(line)
+        for line in cli(
+            "drift", "backtest", "--from", str(split), "--to", str(split + 24 * 3600), "--json"
+        ).splitlines()
+    ]
+    assert events and {"at", "scope", "key", "signal", "severity", "statistic", "p", "q", "effect"} <= set(events[0])
+    hits = {e["key"] for e in events if e["scope"] == "device" and e["signal"] == "anomaly_rate"}
+    assert hits == {"dev-00003", "dev-00004", "dev-00005"}
+    assert all(e["at"] > split + 5 * 3600 for e in events)
