@@ -76,7 +76,7 @@ class MqttConfig(Section):
     username: str | None = Field(None, description="Overrides the user in the URL.")
     password: SecretStr | None = Field(None, description="Overrides the password in the URL.")
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="How long the broker keeps the session offline.")
-    keepalive_s: int = Field(30, ge=5)
+    keepalive_s: int = Field(30, ge=5, description="MQTT keepalive.")
     receive_maximum: int = Field(
         10_000,
         ge=1,
@@ -88,8 +88,8 @@ class MqttConfig(Section):
     tls_ca: Path | None = Field(None, description="CA bundle for mqtts:// (default: the system's).")
     tls_cert: Path | None = Field(None, description="Client certificate for mutual TLS.")
     tls_key: Path | None = Field(None, description="Client key for mutual TLS.")
-    reconnect_min_s: float = Field(1.0, gt=0)
-    reconnect_max_s: float = Field(60.0, gt=0)
+    reconnect_min_s: float = Field(1.0, gt=0, description="First reconnect delay; doubles on each failure.")
+    reconnect_max_s: float = Field(60.0, gt=0, description="Longest reconnect delay.")
 
     @field_validator("url")
     @classmethod
@@ -143,8 +143,8 @@ class HttpConfig(Section):
         "127.0.0.1:8080", description="host:port of the HTTP server (Notehub routes, /healthz, /metrics)."
     )
     max_body_bytes: int = Field(1 << 20, gt=0, description="Larger request bodies get 413.")
-    threads: int = Field(8, ge=1, le=256)
-    enabled: bool = True
+    threads: int = Field(8, ge=1, le=256, description="Worker threads of the HTTP server.")
+    enabled: bool = Field(True, description="Serve HTTP (off: no Notehub routes, /healthz or /metrics).")
 
     @field_validator("listen")
     @classmethod
@@ -219,8 +219,8 @@ class PipelineConfig(Section):
 
 
 class LogConfig(Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    format: Literal["text", "json"] = Field("text", description="text, or JSON lines for log shippers.")
 
 
 class FleetConfig(Section):
@@ -250,7 +250,10 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
-    data_dir: Path = Field(default_factory=default_data_dir, description="State, spool and the embedded store.")
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="State, spool, baselines and the embedded store ($STATE_DIRECTORY under systemd, else XDG).",
+    )
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     notehub: NotehubConfig = Field(default_factory=NotehubConfig)
@@ -341,3 +344,74 @@ def mask_url(text: str) -> str:
     """Hide the password in scheme://user:password@host and any token=... query parameter."""
     text = re.sub(r"(://[^:/@\s]+:)[^@/\s]+@", r"\1***@", text)
     return re.sub(r"((?:token|password|secret)=)[^&\s]+", r"\1***", text, flags=re.IGNORECASE)
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md: every key, its type, default and meaning."""
+    lines = [
+        "# Configuration",
+        "",
+        "One TOML file (`fleetwatch run --config F`, or env `FLEETWATCH_CONFIG`) plus environment variables",
+        "`FLEETWATCH_<SECTION>__<KEY>` that override it (`FLEETWATCH_STORE__URL=influxdb://127.0.0.1:8086/fleet`).",
+        'Secrets (`password`, `secret`, `token`) may come from files: `<key>_file = "/path"`. A bad value stops',
+        "the daemon at start with the key and what it expects; `fleetwatch config check` prints the effective",
+        "configuration with secrets masked. An example with every key: `deploy/fleetwatch.toml`.",
+        "",
+        "Generated from `fleetwatch/config.py` (`fleetwatch config reference`); a test fails when it is stale.",
+        "",
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for key, type_name, default, description in reference():
+        escaped = type_name.replace("|", "\\|")
+        lines.append(f"| `{key}` | {escaped} | `{default}` | {description} |")
+    return "\n".join(lines) + "\n"
+
+
+def reference() -> list[tuple[str, str, str, str]]:
+    """(key, type, default, description) of every config key, in order: the source of
+    docs/configuration.md and deploy/fleetwatch.toml."""
+    rows = []
+    for section, info in Settings.model_fields.items():
+        model = info.annotation
+        if isinstance(model, type) and issubclass(model, Section):
+            for name, field in model.model_fields.items():
+                rows.append(
+                    (f"{section}.{name}", _type_name(field.annotation), _default(field), field.description or "")
+                )
+        else:
+            rows.append((section, _type_name(info.annotation), "<data dir>", info.description or ""))
+    return rows
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "").replace("pathlib.", "").replace("pydantic.types.", "")
+
+
+def _default(field: Any) -> str:
+    if field.default_factory is not None:
+        return repr(field.default_factory())
+    return repr(field.default)
+
+
+def example_toml() -> str:
+    """deploy/fleetwatch.toml: every key, commented, with its default."""
+    lines = [
+        "# fleetwatch configuration: every key with its default (generated: fleetwatch config example).",
+        "# Environment variables override it: FLEETWATCH_<SECTION>__<KEY>, e.g. FLEETWATCH_STORE__URL.",
+        '# Secrets (password, secret, token) may instead be read from files: <key>_file = "/path".',
+        "",
+    ]
+    current = ""
+    for key, type_name, default, description in reference():
+        section, _, name = key.rpartition(".")
+        if section != current:
+            lines += ["", f"[{section}]"]
+            current = section
+        lines.append(f"# {description} [{type_name}]")
+        value = default if default not in ("None", "''") else '""'
+        value = value.replace("'", '"').replace("PosixPath(", "").replace(")", "") if value != "[]" else "[]"
+        lines.append(f"# {name or key} = {value}")
+    return "\n".join(lines) + "\n"

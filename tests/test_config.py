@@ -120,3 +120,14 @@ def test_cli_config_check(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1
     assert "http.listen: expected host:port" in bad.stderr
+
+
+def test_reference_docs_and_example_are_generated_from_the_model() -> None:
+    from fleetwatch.config import example_toml, reference, reference_markdown
+
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "docs" / "configuration.md").read_text() == reference_markdown(), "run: fleetwatch config reference"
+    assert (root / "deploy" / "fleetwatch.toml").read_text() == example_toml(), "run: fleetwatch config example"
+    example = example_toml()
+    assert all(f"# {key.rpartition('.')[2]} = " in example for key, *_ in reference())
+    assert all(description for *_, description in reference())
