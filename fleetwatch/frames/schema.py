@@ -175,7 +175,7 @@ def _term(raw: np.ndarray, term: str) -> np.ndarray | int:
         return int(term)
     summed = _SUM.match(term)
     values = raw[summed.group(1) if summed else term]
-    return values.sum(axis=-1, dtype=np.int64) if values.ndim > 1 else values
+    return np.einsum("ij->i", values, dtype=np.int64) if values.ndim > 1 else values
 
 
 @dataclass(frozen=True)
