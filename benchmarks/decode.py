@@ -134,7 +134,7 @@ def main() -> None:
     lengths = np.full(n, 74)
     devices = np.array([f"dev-{i % 1000:05d}" for i in range(n)], dtype=object)
     fast = best_of(args.repeat, decode_buffer, buf, lengths, devices, np.full(n, received), registry)
-    print(f"| 1 frame/message, pre-joined buffer (pipeline path) | {n:,} | {n / fast:,.0f} | | |")
+    print(f"| 1 frame/message, one pre-joined buffer (`decode_buffer`) | {n:,} | {n / fast:,.0f} | | |")
 
 
 if __name__ == "__main__":
