@@ -1,0 +1,37 @@
+"""The pipeline against a real influxd: a 4xx from the store is quarantined with the server's reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fleetwatch.frames import Registry, encode_frames
+from fleetwatch.metrics import Metrics
+from fleetwatch.pipeline import Message, Pipeline
+from fleetwatch.quarantine import Quarantine
+from fleetwatch.sinks import open_store
+from fleetwatch.spool import Spool
+from fleetwatch.state import StateDB
+
+
+def test_a_field_type_conflict_is_quarantined_with_the_reason_not_retried(influx_db: str, tmp_path: Path) -> None:
+    store = open_store(influx_db)
+    store.write_table(
+        "telemetry",
+        np.array([1_795_000_000]),  # same shard as the frame: InfluxDB 1.x types fields per shard
+        {"device": np.array(["other"])},
+        {"latency_p50_ms": np.array(["text"], dtype=object)},
+    )
+    pipeline = Pipeline(
+        store, Registry.builtin(), Quarantine(StateDB(tmp_path / "s.db")), Spool(tmp_path / "spool"), Metrics()
+    )
+    frame = encode_frames(Registry.builtin().get(1), {"window_start": [1_795_000_000], "window_s": [60]})[0].tobytes()
+    acked = []
+    report = pipeline.process([Message(frame, "dev-1", 1_795_000_100, "mqtt", lambda: acked.append(1))])
+    assert report.quarantined == 1 and report.stored == 0 and report.spooled == 0
+    entry = pipeline.quarantine.list()[0]
+    assert entry.reason.startswith("sink_rejected:") and "conflict" in entry.reason
+    assert entry.raw == frame and entry.device == "dev-1" and entry.transport == "mqtt"
+    assert acked == [1], "a quarantined message is durable, so it is acknowledged"
+    assert pipeline.spool.is_empty()
