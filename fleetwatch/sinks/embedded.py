@@ -1,21 +1,37 @@
 """The embedded store (the default): one DuckDB file in a directory, no server to run.
 
-A table per measurement, created on first write with typed columns (`time` BIGINT Unix seconds, tags
-VARCHAR, fields BIGINT / DOUBLE / BOOLEAN / VARCHAR); a field seen for the first time is added with ALTER
-TABLE. Every table has a primary key of its key tags and time, and writes are upserts, so a re-sent
-frame overwrites itself as it does in InfluxDB. Batches go in as numpy columns through DuckDB's scan of
-a dict of arrays: no per-row Python.
+Layout: a table per measurement, created on first write: `time` BIGINT (Unix s), one VARCHAR NOT NULL
+DEFAULT '' column per tag, and nullable typed columns for the fields (BIGINT, DOUBLE, BOOLEAN, VARCHAR).
+Tags are the NOT NULL VARCHAR columns, so the file describes itself. A field seen for the first time is
+added with ALTER TABLE; a field written with another kind than it has is a `field type conflict`
+(SinkRejected), as in InfluxDB. The primary key is the measurement's key tags and time — (device, schema,
+time) for `telemetry`, every tag of the first write for other measurements, whose tag set is then fixed
+— and a rewrite updates the row: the fields it carries are overwritten, the others kept (as InfluxDB
+merges a point written twice), so a re-sent frame overwrites itself.
 
-Concurrency: one connection per store; the pipeline's writer and the drift jobs' readers each use their
-own cursor, serialised by a lock (DuckDB runs one statement per connection at a time). DuckDB lets one
-process open a file read-write; a second process (a CLI command while the daemon runs) gets
-`StoreLocked` — run such commands through the daemon's host, or stop the daemon, or use InfluxDB.
+Writes scan the numpy columns directly (DuckDB's replacement scan of a dict of arrays; no pandas, no
+per-row Python). The common case, new points, is a plain INSERT; only when that meets an existing key
+(a re-sent frame) does the batch go in again as an upsert (INSERT ... ON CONFLICT DO UPDATE), deduplicated
+first (the last point of a key in the batch wins). The plain INSERT is about twice as fast as the upsert.
+
+Threads: the store holds one DuckDB database per file and process. The writer (the pipeline) uses its own
+cursor under a write lock; every read opens a fresh cursor (a connection to the same database), so reads
+run in parallel with the writer and see the last committed writes (DuckDB's MVCC).
+
+Processes: DuckDB lets one process open a file read-write, and then no other process may open it at all,
+not even read-only. While the daemon runs, a second process (a CLI command) gets StoreLocked naming the
+process that holds the file: run the command through the daemon, stop the daemon first, or use InfluxDB
+when several processes need the store. `read_only=True` works when no process writes (several readers may
+share the file, e.g. reports while the daemon is stopped); within one process it shares the database the
+process already has open, and this store refuses writes.
 """
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -30,6 +46,7 @@ from fleetwatch.sinks.model import (
     Points,
     check_name,
     column,
+    empty_column,
     frame_points,
     frame_query,
     frames_from_table,
@@ -37,95 +54,51 @@ from fleetwatch.sinks.model import (
     table_points,
 )
 
-_SQL_TYPE: dict[Kind, str] = {"integer": "BIGINT", "float": "DOUBLE", "boolean": "BOOLEAN", "string": "VARCHAR"}
-_KIND: dict[str, Kind] = {"BIGINT": "integer", "DOUBLE": "float", "BOOLEAN": "boolean", "VARCHAR": "string"}
 DB_FILE = "fleetwatch.duckdb"
+_SQL_TYPE: dict[Kind, str] = {"integer": "BIGINT", "float": "DOUBLE", "boolean": "BOOLEAN", "string": "VARCHAR"}
+_KIND: dict[str, Kind] = {sql: kind for kind, sql in _SQL_TYPE.items()}
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
+_UNAVAILABLE = (duckdb.IOException, duckdb.OutOfMemoryException, duckdb.ConnectionException, duckdb.FatalException)
+
+
+class _Table:
+    """What the store knows of one table: the kind of every column, its tags, its primary key."""
+
+    def __init__(self, kinds: dict[str, Kind], tags: list[str], key: list[str]) -> None:
+        self.kinds = kinds
+        self.tags = tags
+        self.key = key
 
 
 class EmbeddedStore:
-    """The `Store` on a local DuckDB file (`embedded:///path/to/dir`)."""
+    """The `Store` on a DuckDB file in `directory` (`embedded:///path/to/dir`)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, read_only: bool = False) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        try:
-            self._conn = duckdb.connect(str(self.directory / DB_FILE))
-        except duckdb.IOException as exc:
-            raise StoreLocked(f"{self.directory / DB_FILE} is in use by another process: {exc}") from None
-        self._lock = threading.Lock()
-        self._columns: dict[str, dict[str, Kind]] = {}
-        self._tags: dict[str, list[str]] = {}
+        self.path = self.directory / DB_FILE
+        self.read_only = read_only
+        if not read_only:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        self._db = _connect(self.path, read_only)
+        self._write_lock = threading.Lock()
+        self._cursor_lock = threading.Lock()
+        self._writer = None if read_only else self._db.cursor()
+        self._tables: dict[str, _Table] = {}
 
-    # -- writes ---------------------------------------------------------------------------------
     def write_frames(self, batch: FrameBatch) -> int:
+        """One `telemetry` point per frame (upsert on device, schema, time); returns the number written."""
         return self._write(frame_points(batch))
 
     def write_table(
-        self, measurement: str, time: np.ndarray, tags: Mapping[str, np.ndarray], fields: Mapping[str, np.ndarray]
+        self,
+        measurement: str,
+        time: np.ndarray,
+        tags: Mapping[str, np.ndarray],
+        fields: Mapping[str, np.ndarray],
     ) -> int:
+        """Points of any measurement from columns (see `sinks.model.table_points`)."""
         return self._write(table_points(measurement, time, tags, fields))
 
-    def _write(self, points: Points) -> int:
-        if not len(points):
-            return 0
-        table = points.measurement
-        data: dict[str, np.ndarray] = {TIME: points.time}
-        data.update({k: np.asarray(v, dtype=str) for k, v in points.tags.items()})
-        for name, values in points.fields.items():
-            data[name] = values
-        with self._lock:
-            try:
-                known = self._ensure_table(points)
-                for name, kind in points.kinds().items():
-                    if known.get(name, kind) != kind:
-                        raise SinkRejected(
-                            f"field type conflict: {table}.{name} is {known[name]} in the store, got {kind}"
-                        )
-                names = list(data)
-                quoted = ", ".join(f'"{n}"' for n in names)
-                self._conn.register("_batch", data)
-                try:
-                    self._conn.execute(f'INSERT OR REPLACE INTO "{table}" ({quoted}) SELECT {quoted} FROM _batch')
-                finally:
-                    self._conn.unregister("_batch")
-            except duckdb.ConstraintException as exc:
-                raise SinkRejected(str(exc)) from None
-            except (duckdb.IOException, duckdb.InternalException) as exc:
-                raise SinkUnavailable(str(exc)) from None
-        return len(points)
-
-    def _ensure_table(self, points: Points) -> dict[str, Kind]:
-        table = points.measurement
-        known = self._columns.get(table) or self._describe(table)
-        if not known:
-            cols = [f'"{TIME}" BIGINT NOT NULL']
-            cols += [f'"{t}" VARCHAR NOT NULL' for t in points.tags]
-            cols += [f'"{f}" {_SQL_TYPE[k]}' for f, k in points.kinds().items()]
-            key = ", ".join(f'"{k}"' for k in (*points.key, TIME))
-            self._conn.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({", ".join(cols)}, PRIMARY KEY ({key}))')
-            known = self._describe(table)
-        new_tags = [t for t in points.tags if t not in known]
-        if new_tags:
-            raise SinkRejected(f"{table}: tags {new_tags} are not in the table's key {self._tags[table]}")
-        for name, kind in points.kinds().items():
-            if name not in known:
-                self._conn.execute(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {_SQL_TYPE[kind]}')
-                known[name] = kind
-        self._columns[table] = known
-        return known
-
-    def _describe(self, table: str) -> dict[str, Kind]:
-        """Column kinds of a table (empty when it does not exist); remembers its tags (VARCHAR NOT NULL:
-        fields may be missing, a missing tag is "" instead)."""
-        rows = self._conn.execute(
-            "SELECT column_name, data_type, is_nullable FROM information_schema.columns WHERE table_name = ? "
-            "ORDER BY ordinal_position",
-            [table],
-        ).fetchall()
-        self._tags[table] = [name for name, sql_type, nullable in rows if sql_type == "VARCHAR" and nullable == "NO"]
-        return {name: _KIND.get(sql_type, "string") for name, sql_type, _ in rows}
-
-    # -- reads ----------------------------------------------------------------------------------
     def read_table(
         self,
         measurement: str,
@@ -135,41 +108,172 @@ class EmbeddedStore:
         columns: Sequence[str] | None = None,
         where: Mapping[str, Sequence[str]] | None = None,
     ) -> dict[str, np.ndarray]:
+        """Rows with start <= time < end: time, every tag, and the fields in `columns` (all when None)."""
         check_name(measurement, "measurement")
-        with self._lock:
-            known = self._columns.get(measurement) or self._describe(measurement)
-            if not known:
-                return {TIME: np.empty(0, dtype=np.int64)}
-            self._columns[measurement] = known
-            tags = self._tags[measurement]
-            wanted = [TIME, *tags] + [c for c in (columns if columns is not None else known) if c not in (TIME, *tags)]
-            wanted = [c for c in wanted if c in known]
-            clauses, params = [f'"{TIME}" >= ?', f'"{TIME}" < ?'], [int(start), int(end)]
+        with self._reader() as cursor:
+            table = _describe(cursor, measurement)
+            fields = [name for name in table.kinds if name != TIME and name not in table.tags]
+            wanted = fields if columns is None else [check_name(c, "column") for c in columns if c not in table.tags]
+            if not table.kinds:
+                return {TIME: empty_column("integer"), **{name: empty_column("float") for name in wanted}}
+            clauses = ['"time" >= ?', '"time" < ?']
+            params: list[object] = [int(start), int(end)]
             for tag, values in (where or {}).items():
-                check_name(tag, "tag")
-                if tag not in known:
-                    return {c: column([], known[c]) for c in wanted}
-                clauses.append(f'"{tag}" IN (SELECT unnest(?))')
-                params.append([str(v) for v in values])
-            order = ", ".join(f'"{c}"' for c in sort_order(tags))
-            selected = ", ".join(f'"{c}"' for c in wanted)
-            sql = f'SELECT {selected} FROM "{measurement}" WHERE {" AND ".join(clauses)} ORDER BY {order}'
-            result = self._conn.execute(sql, params).fetchnumpy()
-        return {c: column(result[c], known[c]) if c in result else column([], known[c]) for c in wanted}
+                allowed = [str(v) for v in values]
+                if tag in table.tags:
+                    clauses.append(f'"{check_name(tag, "tag")}" IN (SELECT unnest(?::VARCHAR[]))')
+                    params.append(allowed)
+                elif "" not in allowed:
+                    clauses.append("false")
+            selected = [TIME, *table.tags, *(name for name in wanted if name in table.kinds)]
+            sql = (
+                f'SELECT {_quoted(selected)} FROM "{measurement}" '
+                f"WHERE {' AND '.join(clauses)} ORDER BY {_quoted(sort_order(table.tags))}"
+            )
+            raw = cursor.execute(sql, params).fetchnumpy()
+        result = {name: column(raw[name], table.kinds[name]) for name in selected}
+        n = len(result[TIME])
+        for name in wanted:
+            if name not in table.kinds:
+                result[name] = np.full(n, np.nan)
+        return result
 
     def read_frames(
         self, start: int, end: int, *, schema: Schema, devices: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
+        """Telemetry of one schema as columns (`sinks.model.frame_kinds`), sorted by (device, time)."""
         columns, where = frame_query(schema, devices)
         return frames_from_table(self.read_table(TELEMETRY, start, end, columns=columns, where=where), schema)
 
     def ping(self) -> None:
-        with self._lock:
-            try:
-                self._conn.execute("SELECT 1").fetchall()
-            except duckdb.Error as exc:
-                raise SinkUnavailable(str(exc)) from None
+        """Raises SinkUnavailable when the database cannot answer (closed, or its file failed)."""
+        with self._reader() as cursor:
+            cursor.execute("SELECT 1").fetchall()
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        """Close the database (DuckDB checkpoints the file when the last connection of the process closes)."""
+        with self._write_lock, self._cursor_lock:
+            self._db.close()
+
+    def _write(self, points: Points) -> int:
+        if self.read_only:
+            raise PermissionError(f"{self.path} was opened read-only")
+        if not len(points):
+            return 0
+        with self._write_lock, _classified():
+            cursor = self._writer
+            table = self._prepare(cursor, points)
+            # Read by DuckDB's replacement scan (`FROM _fleetwatch_points`); no table name starts with "_".
+            _fleetwatch_points = {TIME: points.time, **points.tags, **points.fields}
+            names = _quoted([TIME, *points.tags, *points.fields])
+            try:
+                cursor.execute(f'INSERT INTO "{points.measurement}" ({names}) SELECT {names} FROM _fleetwatch_points')
+            except duckdb.ConstraintException:
+                key = _quoted(table.key)
+                update = ", ".join(
+                    f'"{c}" = excluded."{c}"' for c in (*points.tags, *points.fields) if c not in table.key
+                )
+                cursor.execute(
+                    f'INSERT INTO "{points.measurement}" ({names}) SELECT {names} FROM '
+                    f"(SELECT *, row_number() OVER () AS _row FROM _fleetwatch_points) "
+                    f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY _row DESC) = 1 "
+                    f"ON CONFLICT ({key}) DO UPDATE SET {update}"
+                )
+        return len(points)
+
+    def _prepare(self, cursor: duckdb.DuckDBPyConnection, points: Points) -> _Table:
+        """The table of `points`, created or widened as needed; raises SinkRejected on a conflict."""
+        name = points.measurement
+        kinds = points.kinds()
+        table = self._tables.get(name)
+        if table is None or not set(kinds) <= set(table.kinds):
+            table = _describe(cursor, name)
+        if not table.kinds:
+            _create(cursor, points, kinds)
+            table = _describe(cursor, name)
+        new_tags = [t for t in points.tags if t not in table.tags]
+        if new_tags:
+            raise SinkRejected(f"{name}: tags {new_tags} are not among its tags {table.tags} (fixed at first write)")
+        for field, kind in kinds.items():
+            stored = table.kinds.get(field)
+            if field in table.tags or field == TIME:
+                raise SinkRejected(f"field type conflict: {name}.{field} is a tag in the store, written as a field")
+            if stored is None:
+                cursor.execute(f'ALTER TABLE "{name}" ADD COLUMN IF NOT EXISTS "{field}" {_SQL_TYPE[kind]}')
+                table.kinds[field] = kind
+            elif stored != kind:
+                raise SinkRejected(f"field type conflict: {name}.{field} is {stored} in the store, written as {kind}")
+        self._tables[name] = table
+        return table
+
+    @contextmanager
+    def _reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._cursor_lock, _classified():
+            cursor = self._db.cursor()
+        try:
+            with _classified():
+                yield cursor
+        finally:
+            with self._cursor_lock:
+                cursor.close()
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.ConnectionException:
+        if read_only:  # this process already has the file open read-write: share that database
+            return duckdb.connect(str(path))
+        raise
+    except duckdb.IOException as exc:
+        holder = _LOCK_HOLDER.search(str(exc))
+        if holder:
+            raise StoreLocked(
+                f"{path} is in use by another process ({holder.group(1)}, PID {holder.group(2)}; usually the "
+                "fleetwatch daemon). DuckDB lets one process open the file: run this through the daemon, stop "
+                "the daemon first, or use InfluxDB for a store that several processes share."
+            ) from None
+        if read_only and not path.exists():
+            raise SinkUnavailable(f"no embedded store at {path} yet (nothing has been written)") from None
+        raise SinkUnavailable(f"cannot open {path}: {exc}") from None
+
+
+def _create(cursor: duckdb.DuckDBPyConnection, points: Points, kinds: dict[str, Kind]) -> None:
+    columns = [f'"{TIME}" BIGINT NOT NULL']
+    columns += [f"\"{tag}\" VARCHAR NOT NULL DEFAULT ''" for tag in points.tags]
+    columns += [f'"{field}" {_SQL_TYPE[kind]}' for field, kind in kinds.items()]
+    key = _quoted([*points.key, TIME])
+    cursor.execute(f'CREATE TABLE IF NOT EXISTS "{points.measurement}" ({", ".join(columns)}, PRIMARY KEY ({key}))')
+
+
+def _describe(cursor: duckdb.DuckDBPyConnection, measurement: str) -> _Table:
+    """Column kinds and tags of a table (empty when it does not exist)."""
+    rows = cursor.execute(
+        "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+        "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
+        [measurement],
+    ).fetchall()
+    kinds = {name: _KIND.get(sql_type, "string") for name, sql_type, _ in rows}
+    tags = [name for name, sql_type, nullable in rows if sql_type == "VARCHAR" and nullable == "NO"]
+    key = cursor.execute(
+        "SELECT constraint_column_names FROM duckdb_constraints() "
+        "WHERE schema_name = 'main' AND table_name = ? AND constraint_type = 'PRIMARY KEY'",
+        [measurement],
+    ).fetchall()
+    return _Table(kinds, tags, list(key[0][0]) if key else [])
+
+
+def _quoted(names: Sequence[str]) -> str:
+    """Column names (checked plain names) as a quoted SQL list."""
+    return ", ".join(f'"{name}"' for name in names)
+
+
+@contextmanager
+def _classified() -> Iterator[None]:
+    """DuckDB errors -> SinkUnavailable (I/O, memory, closed) or SinkRejected (data the table refuses)."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise SinkUnavailable(f"embedded store: {exc}") from exc
+    except (duckdb.ConversionException, duckdb.ConstraintException, duckdb.InvalidInputException) as exc:
+        raise SinkRejected(str(exc)) from exc

@@ -18,7 +18,8 @@ returned as float64 with NaN; boolean and string columns with missing values are
 
 >>> from fleetwatch.frames import Registry, decode_messages, encode_frames
 >>> schema = Registry.builtin().get(1)
->>> frame = encode_frames(schema, {"window_start": [0], "window_s": [3600], "latency_p50_ms": [1.5]})[0]
+>>> values = {"window_start": [0], "window_s": [3600], "latency_p50_ms": [1.5], "latency_p95_ms": [2.5]}
+>>> frame = encode_frames(schema, values)[0]
 >>> batch = decode_messages([frame.tobytes()], ["dev-1"], [1_700_003_600], Registry.builtin()).batches[1]
 >>> points = frame_points(batch)
 >>> points.time.tolist(), points.fields["clock_estimated"].tolist(), points.fields["latency_p50_ms"].tolist()
@@ -306,8 +307,11 @@ def _field_column(measurement: str, name: str, values: np.ndarray) -> np.ndarray
         return values
     if kind == "string":
         out = values.astype(object)
-        if not all(isinstance(v, str) for v in out[np.not_equal(out, None)].tolist()):
+        given = out[np.not_equal(out, None)].tolist()
+        if not all(isinstance(v, str) for v in given):
             raise ValueError(f"{measurement}.{name}: string fields hold str or None only")
+        if any("\x00" in v for v in given):
+            raise SinkRejected(f"{measurement}.{name}: strings with NUL characters cannot be stored")
         return out
     return values.astype(bool)
 
