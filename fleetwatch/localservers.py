@@ -1,27 +1,37 @@
-"""Real local servers for tests, benchmarks and the demo: mosquitto and influxd on loopback.
+"""Real local servers for tests, benchmarks and the demo: mosquitto and influxd, on 127.0.0.1 only.
 
-Each runs on a free 127.0.0.1 port in a throw-away directory, is waited for until it answers, and is
-stopped with SIGTERM (SIGKILL after a timeout). `stop()` / `start()` keep the port and the data directory,
-so a fault test can take a server away and bring it back.
+Each server gets a free loopback port and a throw-away directory holding its config, its data and its log.
+`start()` waits until the server answers (and fails with the log when it does not); `stop()` sends
+SIGTERM, then SIGKILL after a timeout; `restart()` is stop + start on the same port and data directory,
+for fault tests. As a context manager a server is started on entry, and stopped and its directory
+removed on exit.
 
->>> with Mosquitto() as broker:              # doctest: +SKIP
-...     print(broker.url)                    # mqtt://127.0.0.1:PORT
+>>> with Mosquitto() as broker, Influxd() as influxd:  # doctest: +SKIP
+...     broker.url, influxd.url("fleet")
+('mqtt://127.0.0.1:40127', 'influxdb://127.0.0.1:38411/fleet')
+
+The binaries come from Debian packages: `mosquitto` (/usr/sbin/mosquitto) and `influxdb` 1.x
+(/usr/bin/influxd). They are looked up on PATH and in the sbin directory beside each bin directory on it.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
+from typing import ClassVar, Self
 
-MOSQUITTO_PATHS = ("mosquitto", "/usr/sbin/mosquitto")
+HOST = "127.0.0.1"
+_LOG_TAIL_LINES = 40
 
 
 class ServerError(RuntimeError):
@@ -29,30 +39,100 @@ class ServerError(RuntimeError):
 
 
 def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((HOST, 0))
         return sock.getsockname()[1]
 
 
-def _binary(candidates: tuple[str, ...], package: str) -> str:
-    for name in candidates:
-        found = shutil.which(name) or (name if Path(name).is_file() else None)
-        if found:
-            return found
-    raise ServerError(f"{candidates[0]} not found: install the Debian package `{package}` (apt-get install {package})")
+def find_binary(name: str, package: str) -> str:
+    """The path of `name` on PATH (or in an sbin beside a bin on it); ServerError naming the package if none."""
+    path = os.environ.get("PATH", "")
+    dirs = [d for d in path.split(os.pathsep) if d]
+    dirs += [str(Path(d).with_name("sbin")) for d in dirs if Path(d).name == "bin"]
+    found = shutil.which(name, path=os.pathsep.join(dirs)) if dirs else None
+    if found is None:
+        raise ServerError(
+            f"{name} not found on PATH ({path or 'empty'}) nor in the sbin directories beside it: "
+            f"install the Debian package `{package}` (apt-get install {package})"
+        )
+    return found
 
 
-class _Server(ABC):
-    """Start/stop bookkeeping shared by the servers."""
+class LocalServer(ABC):
+    """One server process on a loopback port, with its config, data and log in `dir`."""
 
-    name = "server"
+    name: ClassVar[str]
+    binary_name: ClassVar[str]
+    package: ClassVar[str]
 
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(self, directory: Path | None = None, *, startup_timeout: float = 30.0) -> None:
+        self.binary = find_binary(self.binary_name, self.package)
         self._own_dir = directory is None
-        self.dir = Path(directory or tempfile.mkdtemp(prefix=f"fleetwatch-{self.name}-"))
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
+        self.dir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix=f"fleetwatch-{self.name}-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.log = self.dir / f"{self.name}.log"
+        self.config = self.dir / f"{self.name}.conf"
+        self.port = free_port()
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        self._started_once = False
+        self._log_start = 0
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> Self:
+        """Start the server and wait until it answers; a no-op when it runs. Raises ServerError."""
+        if self.running:
+            return self
+        for attempt in range(3):
+            try:
+                self._launch()
+                break
+            except ServerError:
+                # Another process may have taken the free port between our check and the bind; a first
+                # start may move on to another port, a restart must keep its port.
+                if self._started_once or attempt == 2 or "in use" not in self._log_tail():
+                    raise
+                self.port = free_port()
+        self._started_once = True
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds; the directory stays (for `start()` again)."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout)
+
+    def restart(self) -> Self:
+        """Stop and start again on the same port with the same data."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop, and remove the directory when this object created it."""
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    @abstractmethod
+    def _config_text(self) -> str:
+        """The whole config file (written before each start; it names the port and the directories)."""
 
     @abstractmethod
     def _command(self) -> list[str]:
@@ -60,113 +140,149 @@ class _Server(ABC):
 
     @abstractmethod
     def _ready(self) -> bool:
-        """True once the server answers."""
+        """True once this server (not something else on the port) answers."""
 
-    def start(self, timeout: float = 30.0) -> None:
-        if self.process is not None:
-            return
+    def _environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def _launch(self) -> None:
+        self.config.write_text(self._config_text())
+        command = self._command()
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
+            log.write(f"--- {time.strftime('%H:%M:%S')} start: {' '.join(command)}\n".encode())
+            log.flush()
+            self._log_start = log.tell()
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._environment()
+            )
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
             if self._ready():
                 return
             time.sleep(0.05)
+        code = self.process.poll()
         self.stop()
-        tail = self.log.read_text(errors="replace")[-2000:]
-        raise ServerError(f"{self.name} did not start on 127.0.0.1:{self.port} within {timeout}s; log:\n{tail}")
+        state = f"exited with code {code}" if code is not None else f"did not answer within {self.startup_timeout}s"
+        raise ServerError(
+            f"{self.name} on {HOST}:{self.port} {state}.\ncommand: {' '.join(command)}\nconfig: {self.config}\n"
+            f"last lines of {self.log}:\n{self._log_tail()}"
+        )
 
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
+    def _log_tail(self) -> str:
+        """The last lines the server logged since it was last started."""
         try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout)
-        self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> _Server:
-        self.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
+            with self.log.open("rb") as log:
+                log.seek(self._log_start)
+                text = log.read().decode(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-_LOG_TAIL_LINES:])
 
 
-class Mosquitto(_Server):
-    """A mosquitto broker on 127.0.0.1 that keeps every QoS 1 message for offline persistent sessions."""
+class Mosquitto(LocalServer):
+    """A mosquitto 2.x broker on 127.0.0.1 (anonymous access), sized for tests that publish a lot.
+
+    `max_queued_messages` is raised so QoS 1 messages for an offline persistent session are not dropped
+    (the default keeps 1000), and in-flight messages are not limited. `persistence=True` keeps sessions and
+    queued messages across `restart()` (saved on SIGTERM). `extra_config` is appended to the config.
+    """
 
     name = "mosquitto"
+    binary_name = "mosquitto"
+    package = "mosquitto"
 
-    def __init__(self, directory: Path | None = None, *, persistence: bool = False, extra_config: str = "") -> None:
-        super().__init__(directory)
-        self.binary = _binary(MOSQUITTO_PATHS, "mosquitto")
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            "user root",
-            f"persistence {'true' if persistence else 'false'}",
-            f"persistence_location {self.dir}/",
-            "max_queued_messages 0",
-            "max_inflight_messages 0",
-            "max_packet_size 1048576",
-            "log_dest stdout",
-            "log_type error",
-            "log_type warning",
-            extra_config,
-        ]
-        self.config = self.dir / "mosquitto.conf"
-        self.config.write_text("\n".join(lines) + "\n")
+    def __init__(
+        self,
+        directory: Path | None = None,
+        *,
+        persistence: bool = False,
+        extra_config: str = "",
+        startup_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(directory, startup_timeout=startup_timeout)
+        self.persistence = persistence
+        self.extra_config = extra_config
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"mqtt://{HOST}:{self.port}"
+
+    def _config_text(self) -> str:
+        data = self.dir / "data"
+        data.mkdir(exist_ok=True)
+        lines = [
+            f"listener {self.port} {HOST}",
+            "allow_anonymous true",
+            # Started as root, mosquitto would switch to the `mosquitto` user and lose access to this
+            # directory; as another user this line has no effect.
+            "user root",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {data}/",
+            "max_queued_messages 1000000",
+            "max_inflight_messages 0",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages false",
+            self.extra_config,
+        ]
+        return "\n".join(lines) + "\n"
 
     def _command(self) -> list[str]:
         return [self.binary, "-c", str(self.config)]
 
     def _ready(self) -> bool:
+        if " running" not in self._log_tail():
+            return False
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+            with socket.create_connection((HOST, self.port), timeout=0.5):
                 return True
         except OSError:
             return False
 
 
-class Influxd(_Server):
-    """An InfluxDB 1.x server (the v1 HTTP API) on 127.0.0.1, data in its directory."""
+class Influxd(LocalServer):
+    """An InfluxDB 1.x server (the v1 HTTP API) on 127.0.0.1, data and log in its directory.
+
+    The config is written in full, because influxd silently ignores keys it does not know: HTTP on
+    127.0.0.1:<port>, the RPC (backup) service on 127.0.0.1 with a kernel-chosen port, no usage
+    reporting, no self-monitoring database, and every other listener (UDP, Graphite, collectd, OpenTSDB)
+    off. INFLUXDB_* environment variables, which would override the file, are not passed on.
+    """
 
     name = "influxd"
+    binary_name = "influxd"
+    package = "influxdb"
 
-    def __init__(self, directory: Path | None = None) -> None:
-        super().__init__(directory)
-        self.binary = _binary(("influxd",), "influxdb")
-        data = self.dir / "data"
-        self.config = self.dir / "influxdb.conf"
-        self.config.write_text(
-            f"""reporting-disabled = true
-bind-address = "127.0.0.1:0"
+    @property
+    def http_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def url(self, database: str) -> str:
+        """The fleetwatch store URL of `database` on this server."""
+        return f"influxdb://{HOST}:{self.port}/{database}"
+
+    def query(self, statement: str) -> bytes:
+        """Run InfluxQL (POST /query); returns the JSON body."""
+        data = urllib.parse.urlencode({"q": statement}).encode()
+        with urllib.request.urlopen(f"{self.http_url}/query", data=data, timeout=10) as response:
+            return response.read()
+
+    def _config_text(self) -> str:
+        return f"""reporting-disabled = true
+bind-address = "{HOST}:0"
 
 [meta]
-  dir = "{data}/meta"
-  logging-enabled = false
+  dir = "{self.dir}/meta"
+  retention-autocreate = true
+  logging-enabled = true
 
 [data]
-  dir = "{data}/data"
-  wal-dir = "{data}/wal"
+  dir = "{self.dir}/data"
+  wal-dir = "{self.dir}/wal"
+  index-version = "inmem"
   query-log-enabled = false
   trace-logging-enabled = false
 
@@ -176,6 +292,9 @@ bind-address = "127.0.0.1:0"
 [retention]
   enabled = true
 
+[shard-precreation]
+  enabled = false
+
 [monitor]
   store-enabled = false
 
@@ -184,10 +303,18 @@ bind-address = "127.0.0.1:0"
 
 [http]
   enabled = true
-  bind-address = "127.0.0.1:{self.port}"
+  bind-address = "{HOST}:{self.port}"
   auth-enabled = false
   log-enabled = false
-  max-body-size = 0
+  write-tracing = false
+  pprof-enabled = false
+  https-enabled = false
+  max-row-limit = 0
+
+[logging]
+  format = "logfmt"
+  level = "info"
+  suppress-logo = true
 
 [[graphite]]
   enabled = false
@@ -204,28 +331,16 @@ bind-address = "127.0.0.1:0"
 [continuous_queries]
   enabled = false
 """
-        )
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def url(self, database: str) -> str:
-        """A fleetwatch store URL for `database` on this server."""
-        return f"influxdb://127.0.0.1:{self.port}/{database}"
-
-    def query(self, q: str) -> bytes:
-        """Run an InfluxQL statement (POST /query); returns the JSON body."""
-        data = urllib.parse.urlencode({"q": q}).encode()
-        with urllib.request.urlopen(f"{self.http_url}/query", data=data, timeout=10) as response:
-            return response.read()
 
     def _command(self) -> list[str]:
-        return [self.binary, "-config", str(self.config)]
+        return [self.binary, "run", "-config", str(self.config)]
+
+    def _environment(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if not k.startswith("INFLUXDB_")}
 
     def _ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.http_url}/ping", timeout=0.5) as response:
-                return response.status == 204
-        except OSError:
+                return response.status == 204 and response.headers.get("X-Influxdb-Version") is not None
+        except (OSError, urllib.error.URLError):
             return False

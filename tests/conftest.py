@@ -7,20 +7,22 @@ it is never skipped.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fleetwatch.localservers import Influxd, Mosquitto, ServerError
+from fleetwatch.localservers import Influxd, LocalServer, Mosquitto, ServerError
+from fleetwatch.sinks.influx_setup import setup_v1
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
 _databases = itertools.count(1)
 
 
-def _started(server_type: type, **kwargs: object) -> Iterator:
+def _started(server_type: type[LocalServer]) -> Iterator[LocalServer]:
     try:
-        server = server_type(**kwargs)
+        server = server_type()
         server.start()
     except ServerError as exc:
         pytest.fail(str(exc), pytrace=False)
@@ -32,7 +34,7 @@ def _started(server_type: type, **kwargs: object) -> Iterator:
 
 @pytest.fixture
 def mosquitto() -> Iterator[Mosquitto]:
-    """A fresh broker for one test (`.port`, `.url`, `.stop()`, `.start()`)."""
+    """A fresh broker for one test (`.port`, `.url`, `.stop()`, `.start()`, `.restart()`)."""
     yield from _started(Mosquitto)
 
 
@@ -43,17 +45,22 @@ def influxd() -> Iterator[Influxd]:
 
 
 @pytest.fixture
-def influx_db(influxd: Influxd) -> str:
-    """A store URL for a new, empty database on the session's influxd."""
-    if influxd.process is None:
-        influxd.start()
-    name = f"test{next(_databases)}"
-    influxd.query(f'CREATE DATABASE "{name}"')
-    return influxd.url(name)
+def influx_db(influxd: Influxd) -> Iterator[str]:
+    """The store URL (influxdb://127.0.0.1:PORT/NAME) of a new, empty database, made by `influx setup`."""
+    try:
+        influxd.start()  # a no-op unless an earlier test left it stopped
+    except ServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    url = influxd.url(f"test_{os.getpid()}_{next(_databases)}")
+    setup_v1(url)
+    yield url
+    if influxd.running:
+        influxd.query(f'DROP DATABASE "{url.rsplit("/", 1)[1]}"')
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def golden_path() -> Path:
-    if not GOLDEN.is_dir():
+    """The shared golden directory (frames-v1.jsonl), beside the repo."""
+    if not (GOLDEN / "frames-v1.jsonl").is_file():
         pytest.fail(f"golden vectors not found at {GOLDEN}: the repo must sit beside shared/", pytrace=False)
     return GOLDEN
