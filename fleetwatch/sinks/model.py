@@ -222,6 +222,8 @@ def present(values: np.ndarray) -> np.ndarray:
 def tag_column(values: Sequence[Any] | np.ndarray) -> np.ndarray:
     """Tag values as an object array of str ("" where there is no value); integers in decimal."""
     values = np.asarray(values)
+    if values.size == 0:
+        return np.empty(values.shape, dtype=object)
     if values.dtype.kind in "iu":
         return _decimal(values)
     if values.dtype.kind not in "OUT":

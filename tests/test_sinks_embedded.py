@@ -1,0 +1,172 @@
+"""The embedded store on a real DuckDB file: the store contract, upserts, schema evolution, threads, locks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import store_contract as contract
+
+from fleetwatch.frames import Registry, decode_messages, encode_frames
+from fleetwatch.frames.schema import parse_schema
+from fleetwatch.sinks import SinkUnavailable, StoreLocked, open_store
+from fleetwatch.sinks.embedded import EmbeddedStore
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"embedded://{tmp_path / 'store'}"
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[EmbeddedStore]:
+    s = open_store(url)
+    assert isinstance(s, EmbeddedStore)
+    yield s
+    s.close()
+
+
+def test_golden_frames_round_trip_exactly(store: EmbeddedStore, golden_path: Path) -> None:
+    contract.check_golden_round_trip(store, golden_path)
+
+
+def test_clockless_frames_get_the_estimated_time(store: EmbeddedStore) -> None:
+    contract.check_clock_estimated(store)
+
+
+def test_a_rewritten_frame_overwrites_itself(store: EmbeddedStore) -> None:
+    contract.check_rewrite_overwrites(store)
+
+
+def test_where_on_tag_values_that_need_quoting(store: EmbeddedStore) -> None:
+    contract.check_where_with_awkward_tags(store)
+
+
+def test_field_type_conflict_is_rejected_with_the_reason(store: EmbeddedStore) -> None:
+    contract.check_field_type_conflict(store)
+
+
+def test_new_fields_and_missing_values(store: EmbeddedStore) -> None:
+    contract.check_new_field_and_missing_values(store)
+
+
+def test_duplicates_within_one_batch_keep_the_last(store: EmbeddedStore) -> None:
+    store.write_frames(contract.fleet_batch(devices=2, windows=1, p50=1.0))
+    rows = encode_frames(
+        contract.SCHEMA,
+        {
+            "window_start": [1_795_000_000] * 3,
+            "window_s": [3600] * 3,
+            "latency_p50_ms": [2, 3, 4],
+            "latency_p95_ms": [9] * 3,
+        },
+    )
+    batch = contract.decode([r.tobytes() for r in rows], ["dev-0", "dev-0", "dev-9"], [1_795_010_000] * 3)
+    assert store.write_frames(batch) == 3
+    got = store.read_frames(0, 2**32, schema=contract.SCHEMA)
+    assert got["device"].tolist() == ["dev-0", "dev-1", "dev-9"]
+    assert got["latency_p50_ms"].tolist() == [3.0, 1.0, 4.0]
+
+
+def test_a_new_schema_adds_its_columns_and_reads_stay_per_schema(store: EmbeddedStore) -> None:
+    extra = parse_schema(
+        {
+            "id": 9,
+            "name": "vibration",
+            "fields": [
+                {"name": "rms", "type": "u16", "scale": 0.01, "unit": "g"},
+                {"name": "peaks", "type": "u8", "count": 2},
+            ],
+        }
+    )
+    registry = Registry([contract.SCHEMA, extra])
+    store.write_frames(contract.fleet_batch(devices=2, windows=1))
+    rows = encode_frames(extra, {"window_start": [1_795_000_000], "window_s": [60], "rms": [1.23], "peaks": [[4, 5]]})
+    batch = decode_messages([rows[0].tobytes()], ["dev-0"], [1_795_000_100], registry).batches[9]
+    assert store.write_frames(batch) == 1
+    nine = store.read_frames(0, 2**32, schema=extra)
+    assert list(nine)[-3:] == ["rms", "peaks_0", "peaks_1"]
+    assert nine["device"].tolist() == ["dev-0"] and nine["rms"].tolist() == [1.23]
+    assert nine["peaks_1"].tolist() == [5] and nine["peaks_1"].dtype == np.int64
+    one = store.read_frames(0, 2**32, schema=contract.SCHEMA)
+    assert one["device"].tolist() == ["dev-0", "dev-1"] and "rms" not in one
+
+
+def test_readers_see_whole_batches_while_the_writer_writes(store: EmbeddedStore) -> None:
+    batches = [contract.fleet_batch(devices=100, windows=1, start=1_795_000_000 + 3600 * k) for k in range(20)]
+    seen: list[list[int]] = [[], []]
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read(counts: list[int]) -> None:
+        try:
+            while not done.is_set():
+                counts.append(len(store.read_frames(0, 2**32, schema=contract.SCHEMA)["time"]))
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    readers = [threading.Thread(target=read, args=(counts,)) for counts in seen]
+    for reader in readers:
+        reader.start()
+    for batch in batches:
+        store.write_frames(batch)
+        reads = [len(counts) for counts in seen]
+        while not errors and any(len(counts) < n + 2 for counts, n in zip(seen, reads, strict=True)):
+            done.wait(0.001)  # let every reader finish a read that started after this write
+    done.set()
+    for reader in readers:
+        reader.join(30)
+    assert not errors
+    for counts in seen:
+        assert all(c % 100 == 0 for c in counts) and counts == sorted(counts)
+        assert set(range(100, 2001, 100)) <= set(counts)
+    assert len(store.read_frames(0, 2**32, schema=contract.SCHEMA)["time"]) == 2000
+
+
+def test_another_process_cannot_open_the_store_while_it_is_open(url: str, store: EmbeddedStore) -> None:
+    store.write_frames(contract.fleet_batch(devices=3, windows=1))
+    code = (
+        "import sys\nfrom fleetwatch.sinks import open_store, StoreLocked\n"
+        f"try:\n    s = open_store({url!r}, read_only=True)\nexcept StoreLocked as exc:\n    sys.exit(str(exc))\n"
+        "print(len(s.read_table('telemetry', 0, 2**32)['time']))\n"
+    )
+    locked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert locked.returncode == 1 and "in use by another process" in locked.stderr and "PID" in locked.stderr
+    store.close()
+    readable = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert readable.returncode == 0 and readable.stdout.strip() == "3"
+
+
+def test_the_same_process_may_read_through_a_read_only_handle(url: str, store: EmbeddedStore) -> None:
+    store.write_frames(contract.fleet_batch(devices=2, windows=1))
+    reader = open_store(url, read_only=True)
+    assert len(reader.read_frames(0, 2**32, schema=contract.SCHEMA)["time"]) == 2
+    with pytest.raises(PermissionError):
+        reader.write_frames(contract.fleet_batch(devices=1, windows=1))
+    reader.close()
+    store.ping()
+
+
+def test_read_only_before_anything_was_written_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(SinkUnavailable, match="nothing has been written"):
+        open_store(f"embedded://{tmp_path / 'empty'}", read_only=True)
+
+
+def test_data_survives_a_reopen_and_a_closed_store_is_unavailable(url: str) -> None:
+    first = open_store(url)
+    first.write_frames(contract.fleet_batch(devices=2, windows=2))
+    first.close()
+    with pytest.raises(SinkUnavailable):
+        first.ping()
+    again = open_store(url)
+    assert len(again.read_frames(0, 2**32, schema=contract.SCHEMA)["time"]) == 4
+    again.close()
+
+
+def test_store_locked_is_retryable() -> None:
+    assert issubclass(StoreLocked, SinkUnavailable)
