@@ -159,13 +159,14 @@ class Outbox:
         """When the next pending message is due (None: nothing pending)."""
         return self.db.query("SELECT MIN(next_attempt_at) FROM alert_outbox WHERE status = 'pending'")[0][0]
 
-    def claim(self, message: OutboxMessage, until: float) -> bool:
-        """Take `message` for one attempt (no one else sends it before `until`); False if taken already."""
+    def claim(self, message: OutboxMessage, now: float, until: float) -> bool:
+        """Take `message` for one attempt (no one else sends it before `until`); False if it was taken,
+        settled or postponed (a 429 of its receiver) since it was read."""
         return (
             self.db.execute(
                 "UPDATE alert_outbox SET attempts = attempts + 1, next_attempt_at = ? "
-                "WHERE id = ? AND status = 'pending' AND attempts = ?",
-                (until, message.id, message.attempts),
+                "WHERE id = ? AND status = 'pending' AND attempts = ? AND next_attempt_at <= ?",
+                (until, message.id, message.attempts, now),
             )
             == 1
         )
@@ -295,12 +296,8 @@ class OutboxWorker:
 
     def run_once(self, limit: int = 100) -> int:
         """Attempt every message due now (up to `limit`); returns how many were attempted."""
-        delivery = self.config.delivery
-        self.outbox.prune(self._clock() - delivery.keep_sent_days * 86400)
-        due = self.outbox.due(self._clock(), limit)
-        for message in due:
-            self._attempt(message)
-        return len(due)
+        self.outbox.prune(self._clock() - self.config.delivery.keep_sent_days * 86400)
+        return sum(self._attempt(message) for message in self.outbox.due(self._clock(), limit))
 
     def start(self) -> None:
         """Run in a background thread until `stop()`."""
@@ -361,17 +358,22 @@ class OutboxWorker:
             self._wake.wait(wait)
             self._wake.clear()
 
-    def _attempt(self, message: OutboxMessage) -> None:
+    def _attempt(self, message: OutboxMessage) -> bool:
+        """Claim and send one message, record the outcome; False if it was not ours to send."""
         receiver = self.config.receiver(message.receiver)
         now = self._clock()
-        if receiver is None:
-            self._settle(message, None, Outcome("dead", error=f"receiver {message.receiver!r} is not configured"))
-            return
         delivery = self.config.delivery
-        if not self.outbox.claim(message, now + delivery.connect_timeout_s + delivery.read_timeout_s + CLAIM_MARGIN_S):
-            return
-        request = request_for(receiver, Body(message.body, message.content_type), message.idempotency_key, int(now))
-        self._settle(message, receiver, self._send(request, message.body, receiver))
+        if not self.outbox.claim(
+            message, now, now + delivery.connect_timeout_s + delivery.read_timeout_s + CLAIM_MARGIN_S
+        ):
+            return False
+        if receiver is None:
+            outcome = Outcome("dead", error=f"receiver {message.receiver!r} is not configured")
+        else:
+            request = request_for(receiver, Body(message.body, message.content_type), message.idempotency_key, int(now))
+            outcome = self._send(request, message.body, receiver)
+        self._settle(message, receiver, outcome)
+        return True
 
     def _send(self, request: Request, body: bytes, receiver: ReceiverConfig) -> Outcome:
         delivery = self.config.delivery
