@@ -197,7 +197,7 @@ def retrain_payload(notification: Notification) -> dict[str, Any] | None:
     until = max(i.alert.finding.window_end for i in items)
     devices = sorted({i.alert.key for i in items if i.alert.scope == "device"})
     baselines = Counter(i.alert.finding.baseline_version for i in items if i.alert.finding.baseline_version)
-    payload = {
+    return {
         "version": SCHEMA_VERSION,
         "id": notification.id,
         "model_id": notification.model_id,
@@ -209,7 +209,6 @@ def retrain_payload(notification: Notification) -> dict[str, Any] | None:
         "devices": {"count": len(devices), "ids": devices[:RETRAIN_DEVICES_MAX]},
         "data": {"snippets": _snippets_query(notification.model_id, notification.group, since, until)},
     }
-    return payload
 
 
 def slack_message(notification: Notification) -> dict[str, Any]:
