@@ -101,6 +101,12 @@ class AlertDB:
             [_row(a) for a in alerts],
         )
 
+    def firing_counts(self) -> dict[str, int]:
+        """Firing alerts by severity."""
+        counts = dict.fromkeys(("warning", "critical"), 0)
+        counts.update(self.db.query("SELECT severity, COUNT(*) FROM alerts WHERE status = 'firing' GROUP BY severity"))
+        return counts
+
     def prune(self, tx: Connection, before: float) -> int:
         """Forget closed alerts resolved before `before`."""
         return tx.execute("DELETE FROM alerts WHERE closed = 1 AND resolved_at < ?", (before,)).rowcount
@@ -174,13 +180,12 @@ class AlertManager:
 
     def metrics(self, now: float) -> list[Metric]:
         """Open alerts and active silences (from the database), notifications decided by this process."""
-        severities = Counter(a.severity for a in self.alerts.active() if a.status == "firing")
         return [
             Metric(
                 "fleetwatch_alerts_open",
                 "gauge",
                 "Firing alerts by severity",
-                tuple(({"severity": s}, float(severities[s])) for s in ("warning", "critical")),
+                tuple(({"severity": s}, float(n)) for s, n in self.alerts.firing_counts().items()),
             ),
             Metric(
                 "fleetwatch_alert_silences_active",

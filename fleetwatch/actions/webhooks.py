@@ -159,6 +159,10 @@ class Outbox:
         """When the next pending message is due (None: nothing pending)."""
         return self.db.query("SELECT MIN(next_attempt_at) FROM alert_outbox WHERE status = 'pending'")[0][0]
 
+    def oldest_pending(self) -> float | None:
+        """When the oldest undelivered message was queued (None: nothing pending)."""
+        return self.db.query("SELECT MIN(created_at) FROM alert_outbox WHERE status = 'pending'")[0][0]
+
     def claim(self, message: OutboxMessage, now: float, until: float) -> bool:
         """Take `message` for one attempt (no one else sends it before `until`); False if it was taken,
         settled or postponed (a 429 of its receiver) since it was read."""
@@ -324,7 +328,7 @@ class OutboxWorker:
                 ({"receiver": r, "outcome": o}, float(n)) for (r, o), n in sorted(self._deliveries.items())
             )
         counts = self.outbox.counts()
-        oldest = self.outbox.db.query("SELECT MIN(created_at) FROM alert_outbox WHERE status = 'pending'")[0][0]
+        oldest = self.outbox.oldest_pending()
         return [
             Metric(
                 "fleetwatch_alert_deliveries_total",
