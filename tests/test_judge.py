@@ -1,0 +1,288 @@
+"""The canary judge: its statistics against scipy and brute force, and its verdicts on simulated rollouts.
+
+Simulated rollouts come from `fleetwatch.simulate.FleetSimulator`: one fleet holds many independent
+rollouts (each `PER_ARM` canary and `PER_ARM` control devices); canary devices get the new model before
+window 0 (an OTA update, so they reboot in it); look k judges windows 0..k-1 at bake fraction k / LOOKS,
+as the controller does with hourly looks over a 6 h bake. Windows reach the judge as the store returns
+them (`sinks.model.frame_points` of the decoded frames).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from fleetwatch.actions.judge import (
+    MIDPOINTS,
+    Look,
+    device_table,
+    hodges_lehmann,
+    judge,
+    judge_frames,
+    mann_whitney,
+    spent_alpha,
+)
+from fleetwatch.actions.rollout_config import JudgeConfig
+from fleetwatch.drift.multitest import holm
+from fleetwatch.frames import Registry, decode_messages
+from fleetwatch.simulate import FleetSimulator, FleetSpec, ModelProfile, model_crc
+from fleetwatch.sinks.model import frame_points
+
+NEW_MODEL = model_crc("kws-b")
+PER_ARM = 20
+LOOKS = 6
+CONFIG = JudgeConfig()
+
+
+# -- kernels against references --------------------------------------------------------------------------
+@pytest.mark.parametrize("alternative", ["greater", "less"])
+def test_mann_whitney_matches_scipy_with_and_without_ties(alternative: str) -> None:
+    rng = np.random.default_rng(3)
+    for decimals in (None, 1, 0):
+        x = rng.normal(0.3, 1, (40, 17))
+        y = rng.normal(0.0, 1, (40, 23))
+        if decimals is not None:
+            x, y = np.round(x, decimals), np.round(y, decimals)
+        ours = mann_whitney(x, y)
+        ref = stats.mannwhitneyu(x, y, axis=-1, method="asymptotic", use_continuity=True, alternative=alternative)
+        np.testing.assert_allclose(ours.u, ref.statistic, rtol=0, atol=1e-9)
+        p = ours.p_greater if alternative == "greater" else ours.p_less
+        np.testing.assert_allclose(p, ref.pvalue, rtol=1e-10, atol=1e-12)
+
+
+def test_mann_whitney_all_tied_is_no_evidence() -> None:
+    mw = mann_whitney(np.zeros(5), np.zeros(7))
+    assert float(mw.p_greater) == 1.0 and float(mw.p_less) == 1.0
+
+
+def test_hodges_lehmann_is_the_median_of_pairwise_differences() -> None:
+    rng = np.random.default_rng(4)
+    for n1, n2 in [(2, 3), (7, 7), (15, 9), (20, 31)]:
+        x, y = rng.normal(1, 2, (25, n1)), np.round(rng.exponential(1, (25, n2)), 1)
+        estimate, low, high = hodges_lehmann(x, y, 0.9)
+        brute = [np.median([a - b for a, b in itertools.product(xi, yi)]) for xi, yi in zip(x, y, strict=True)]
+        np.testing.assert_allclose(estimate, brute, rtol=0, atol=1e-12)
+        assert np.all(low <= estimate) and np.all(estimate <= high)
+
+
+def test_hodges_lehmann_interval_inverts_the_mann_whitney_test() -> None:
+    """Lower end of the (1 - 2a) interval > delta exactly when the one-sided test of shift <= delta rejects
+    at a (continuous data: no ties)."""
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(0.5, 1, (300, 15)), rng.normal(0, 1, (300, 18))
+    _, low, high = hodges_lehmann(x, y, 0.9)
+    for delta in (0.0, 0.3, 0.6, 1.0):
+        assert np.array_equal(mann_whitney(x - delta, y).p_greater <= 0.05, low > delta)
+        assert np.array_equal(mann_whitney(x - delta, y).p_less <= 0.05, high < delta)
+
+
+def _holm_reference(p: np.ndarray) -> np.ndarray:
+    """Holm by its definition: adjusted p_(i) = max over j <= i of min(1, (m - j + 1) p_(j))."""
+    m = len(p)
+    order = sorted(range(m), key=lambda i: p[i])
+    out = np.empty(m)
+    running = 0.0
+    for j, i in enumerate(order):
+        running = max(running, min(1.0, (m - j) * p[i]))
+        out[i] = running
+    return out
+
+
+def test_holm_matches_its_definition() -> None:
+    rng = np.random.default_rng(6)
+    for _ in range(200):
+        p = rng.uniform(0, 0.2, rng.integers(1, 9)) ** rng.uniform(0.5, 3)
+        np.testing.assert_allclose(holm(p), _holm_reference(p), rtol=0, atol=1e-15)
+
+
+def test_alpha_spending_functions() -> None:
+    for spending in ("pocock", "obrien_fleming"):
+        spent = [spent_alpha(0.05, t, spending) for t in np.linspace(0, 1, 41)]
+        assert spent[0] == 0 and spent[-1] == 0.05 and np.all(np.diff(spent) >= 0) and np.all(np.diff(spent[4:]) > 0)
+        assert spent_alpha(0.05, 1.7, spending) == 0.05
+    # Lan-DeMets O'Brien-Fleming at t = 1/2, alpha = 0.05: 2 - 2 Phi(1.95996 / sqrt(0.5)) = 0.005575
+    assert spent_alpha(0.05, 0.5, "obrien_fleming") == pytest.approx(0.005575, abs=2e-6)
+    assert spent_alpha(0.05, 0.5, "pocock") == pytest.approx(0.05 * math.log(1 + (math.e - 1) / 2))
+    # Pocock spends early, O'Brien-Fleming late
+    assert spent_alpha(0.05, 1 / 6, "pocock") > 100 * spent_alpha(0.05, 1 / 6, "obrien_fleming")
+
+
+# -- device values ---------------------------------------------------------------------------------------
+def _windows(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Store columns from a few hand-written windows (unlisted fields zero)."""
+    names = ["time", "device", "fw_version", "model_id", "inference_count", "anomaly_count", "latency_p95_ms"]
+    names += ["mem_peak_pct", "flags", *(f"conf_hist_{b}" for b in range(10))]
+    return {
+        n: np.array([r.get(n, 0) for r in rows], dtype=object if n in ("device", "fw_version", "model_id") else float)
+        for n in names
+    }
+
+
+def test_device_table_values_and_expected_reboots() -> None:
+    hist = {"conf_hist_9": 80, "conf_hist_5": 20}
+    base = {"fw_version": "1.0.0", "model_id": "7", "inference_count": 100, "latency_p95_ms": 10.0, **hist}
+    rows = [
+        {
+            **base,
+            "device": "a",
+            "time": 0,
+            "anomaly_count": 3,
+            "mem_peak_pct": 50,
+            "flags": 8,
+        },  # first window: expected
+        {**base, "device": "a", "time": 3600, "anomaly_count": 1, "mem_peak_pct": 60, "flags": 8},  # unexpected
+        {**base, "device": "a", "time": 7200, "fw_version": "1.1.0", "latency_p95_ms": 40.0, "flags": 8},  # update
+        {**base, "device": "b", "time": 0, "inference_count": 0, "conf_hist_9": 0, "conf_hist_5": 0},  # idle
+    ]
+    table = device_table(_windows(rows), reference=np.array([0, 0, 0, 0, 0, 0.2, 0, 0, 0, 0.8]))
+    assert table.devices.tolist() == ["a", "b"]
+    assert table.windows.tolist() == [3, 1]
+    assert table.reboots.tolist() == [1, 0]
+    assert table.values["reboot_rate"][0] == pytest.approx(1 / 3)
+    assert table.values["anomaly_rate"][0] == pytest.approx(math.log(4.5 / 301))
+    assert table.values["latency_p95"][0] == pytest.approx(math.log(10 * 10 * 40) / 3)
+    # calibration = bin midpoints: (80 * 0.95 + 20 * 0.55) / 100, negated (lower accuracy is worse)
+    assert table.values["accuracy"][0] == pytest.approx(-0.87)
+    assert table.values["confidence_psi"][0] == pytest.approx(0.0, abs=1e-9)
+    assert table.values["memory"][0] == pytest.approx(110 / 3)
+    assert table.memory_max.tolist() == [60, 0]
+    assert all(math.isnan(table.values[m][1]) for m in ("anomaly_rate", "latency_p95", "accuracy", "confidence_psi"))
+    assert MIDPOINTS[9] == pytest.approx(0.95)
+
+
+# -- simulated rollouts ----------------------------------------------------------------------------------
+def _simulated(profile: ModelProfile, n_rollouts: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Store columns of `n_rollouts` rollouts side by side, and each device's rows as (devices, windows)."""
+    spec = FleetSpec(n_devices=n_rollouts * 2 * PER_ARM, seed=seed, models={NEW_MODEL: profile})
+    sim = FleetSimulator(spec)
+    arms = np.arange(spec.n_devices).reshape(n_rollouts, 2, PER_ARM)
+    sim.deploy(arms[:, 0].ravel(), NEW_MODEL, "1.0.0")
+    telemetry = sim.run(LOOKS)
+    decoded = decode_messages(telemetry.messages(), telemetry.device, telemetry.received, Registry.builtin())
+    points = frame_points(decoded.batches[1])
+    columns = {"time": points.time, **points.tags, **points.fields}
+    order = np.lexsort((points.time, points.tags["device"].astype(str)))
+    return {k: np.asarray(v)[order] for k, v in columns.items()}, np.arange(len(order)).reshape(spec.n_devices, LOOKS)
+
+
+def _run_rollouts(profile: ModelProfile, n_rollouts: int, seed: int) -> tuple[list[int | None], int]:
+    """(look at which each rollout was rolled back, None if never; how many were promoted at the end)."""
+    columns, rows = _simulated(profile, n_rollouts, seed)
+    arms = np.arange(rows.shape[0]).reshape(n_rollouts, 2, PER_ARM)
+    rolled_back: list[int | None] = []
+    promoted = 0
+    for canary, control in arms:
+        outcome = None
+        for k in range(1, LOOKS + 1):
+            arm = [{n: v[rows[devices, :k].ravel()] for n, v in columns.items()} for devices in (canary, control)]
+            verdict = judge_frames(arm[0], arm[1], CONFIG, Look(k / LOOKS, (k - 1) / LOOKS))
+            if verdict.verdict == "rollback":
+                outcome = k
+                break
+        promoted += verdict.verdict == "promote"
+        rolled_back.append(outcome)
+    return rolled_back, promoted
+
+
+BAD_CANARIES = {
+    "anomaly rate x3": ModelProfile(anomaly_factor=3.0),
+    "accuracy -10 points": ModelProfile(confidence_degradation=0.2),
+    "latency x1.5": ModelProfile(latency_factor=1.5),
+    "memory +38 points (guardrail)": ModelProfile(memory_delta=38.0),
+}
+
+
+@pytest.mark.parametrize("scenario", list(BAD_CANARIES))
+def test_a_worse_canary_is_rolled_back_within_two_looks(scenario: str) -> None:
+    looks, promoted = _run_rollouts(BAD_CANARIES[scenario], n_rollouts=40, seed=11)
+    caught = [k for k in looks if k is not None]
+    print(f"{scenario}: {len(caught)}/40 rolled back, median look {np.median(caught)}, worst look {max(caught)}")
+    assert len(caught) == 40 and max(caught) <= 2 and promoted == 0
+
+
+def test_accuracy_scenario_is_ten_points() -> None:
+    columns, rows = _simulated(BAD_CANARIES["accuracy -10 points"], n_rollouts=5, seed=12)
+    arms = np.arange(rows.shape[0]).reshape(5, 2, PER_ARM)
+    canary, control = (
+        {n: v[rows[a].ravel()] for n, v in columns.items()} for a in (arms[:, 0].ravel(), arms[:, 1].ravel())
+    )
+    accuracy = next(m for m in judge_frames(canary, control, CONFIG, Look(1.0)).metrics if m.metric == "accuracy")
+    assert -0.12 < accuracy.estimate < -0.08 and accuracy.status == "worse" and accuracy.limit == pytest.approx(-0.02)
+
+
+def test_equal_canaries_false_rollback_rate_over_200_rollouts() -> None:
+    looks, promoted = _run_rollouts(ModelProfile(), n_rollouts=200, seed=13)
+    false_rollbacks = sum(k is not None for k in looks)
+    print(
+        f"equal canary, {PER_ARM} vs {PER_ARM} devices, {LOOKS} looks: false rollback rate "
+        f"{false_rollbacks / 200:.1%} ({false_rollbacks}/200), promoted at the end of the bake {promoted / 200:.0%}"
+    )
+    assert false_rollbacks / 200 <= 0.02
+    assert promoted / 200 >= 0.3
+
+
+def test_a_canary_at_the_margin_is_rarely_promoted() -> None:
+    """Non-inferiority at the margin: promotion is the error the intersection-union test bounds by alpha."""
+    looks, promoted = _run_rollouts(ModelProfile(latency_factor=CONFIG.latency_p95_ratio), n_rollouts=100, seed=14)
+    print(f"latency exactly at the margin: promoted {promoted}/100, rolled back {sum(k is not None for k in looks)}")
+    assert promoted <= 10
+
+
+# -- verdict rules ---------------------------------------------------------------------------------------
+def _arms(n_rollouts: int, profile: ModelProfile, seed: int, per: int) -> tuple[dict, dict]:
+    columns, rows = _simulated(profile, n_rollouts, seed)
+    arms = np.arange(rows.shape[0]).reshape(n_rollouts, 2, PER_ARM)
+    return tuple({n: v[rows[a[:per]].ravel()] for n, v in columns.items()} for a in (arms[0, 0], arms[0, 1]))
+
+
+def test_no_promotion_before_the_end_of_the_bake_or_without_enough_devices() -> None:
+    canary, control = _arms(1, ModelProfile(), seed=15, per=PER_ARM)
+    assert judge_frames(canary, control, CONFIG, Look(5 / 6, 4 / 6)).verdict == "continue"
+    few_canary, few_control = _arms(1, ModelProfile(), seed=15, per=5)
+    verdict = judge_frames(few_canary, few_control, CONFIG, Look(1.0, 5 / 6))
+    assert verdict.verdict == "continue"
+    assert any("need 8" in r for r in verdict.reasons)
+
+
+def test_after_the_bake_only_guardrails_roll_back() -> None:
+    canary, control = _arms(1, ModelProfile(latency_factor=1.5), seed=16, per=PER_ARM)
+    assert judge_frames(canary, control, CONFIG, Look(1.0, 5 / 6)).verdict == "rollback"
+    after = judge_frames(canary, control, CONFIG, Look(1.0, 1.0))
+    assert after.alpha_look == 0 and after.verdict == "continue"
+    hot_canary, hot_control = _arms(1, ModelProfile(memory_delta=38.0), seed=16, per=PER_ARM)
+    hot = judge_frames(hot_canary, hot_control, CONFIG, Look(1.0, 1.0))
+    assert hot.verdict == "rollback" and hot.reasons[0].startswith("guardrail memory_ceiling")
+
+
+def test_reboots_guardrail_counts_only_unexpected_reboots() -> None:
+    canary, control = _arms(1, ModelProfile(), seed=17, per=PER_ARM)
+    flags = canary["flags"].astype(np.int64)
+    assert (flags[::LOOKS] & 8).all()  # every canary device rebooted into the update in window 0
+    quiet = judge_frames(canary, control, CONFIG, Look(1 / 6))
+    assert not any(g.tripped for g in quiet.guardrails)
+    crashing = dict(canary, flags=flags | 8)  # and then again in every window
+    verdict = judge_frames(crashing, control, CONFIG, Look(1 / 6))
+    assert verdict.verdict == "rollback" and verdict.reasons[0].startswith("guardrail reboots")
+
+
+def test_verdict_json_contract() -> None:
+    canary, control = _arms(1, ModelProfile(anomaly_factor=3.0), seed=18, per=PER_ARM)
+    tables = [device_table(a, reference=np.full(10, 0.1)) for a in (canary, control)]
+    out = judge(tables[0], tables[1], CONFIG, Look(0.5, 1 / 3)).to_json()
+    assert out["verdict"] == "rollback"
+    assert [m["metric"] for m in out["metrics"]] == [
+        "anomaly_rate",
+        "latency_p95",
+        "accuracy",
+        "confidence_psi",
+        "memory",
+        "reboot_rate",
+    ]
+    anomaly = out["metrics"][0]
+    assert anomaly["status"] == "worse" and anomaly["scale"] == "ratio" and 2.0 < anomaly["estimate"] < 4.5
+    assert anomaly["p_worse_holm"] <= out["alpha_look"] < 0.05
+    assert {"guardrails", "reasons", "info", "info_before", "n_canary", "n_control"} <= set(out)
