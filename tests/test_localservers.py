@@ -19,7 +19,10 @@ def listening_addresses(pid: int) -> set[tuple[str, int]]:
     """(address, port) of every TCP socket the process listens on, from /proc (IPv4 and IPv6)."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed while we look; listening sockets stay open
+            continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     found = set()

@@ -217,7 +217,7 @@ class _Influx2Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def influx2() -> Iterator[FakeInflux2]:
     server = FakeInflux2()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield server
     server.shutdown()

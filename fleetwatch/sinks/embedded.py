@@ -131,7 +131,8 @@ class EmbeddedStore:
                 f"WHERE {' AND '.join(clauses)} ORDER BY {_quoted(sort_order(table.tags))}"
             )
             raw = cursor.execute(sql, params).fetchnumpy()
-        result = {name: column(raw[name], table.kinds[name]) for name in selected}
+        # Tags are NOT NULL: they come back as object arrays of str already.
+        result = {name: raw[name] if name in table.tags else column(raw[name], table.kinds[name]) for name in selected}
         n = len(result[TIME])
         for name in wanted:
             if name not in table.kinds:
@@ -164,7 +165,9 @@ class EmbeddedStore:
             cursor = self._writer
             table = self._prepare(cursor, points)
             # Read by DuckDB's replacement scan (`FROM _fleetwatch_points`); no table name starts with "_".
-            _fleetwatch_points = {TIME: points.time, **points.tags, **points.fields}
+            # Tags go in as fixed-width unicode: for object arrays duckdb 2.0 tries `import pandas` per value.
+            tags = {name: values.astype(str) for name, values in points.tags.items()}
+            _fleetwatch_points = {TIME: points.time, **tags, **points.fields}
             names = _quoted([TIME, *points.tags, *points.fields])
             try:
                 cursor.execute(f'INSERT INTO "{points.measurement}" ({names}) SELECT {names} FROM _fleetwatch_points')

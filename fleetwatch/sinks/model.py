@@ -56,6 +56,7 @@ ENVELOPE_FIELDS: dict[str, Kind] = {
 }
 #: Rows read back are sorted by this tag (when the measurement has it), then by time.
 SORT_TAG = "device"
+_DTYPES: dict[Kind, type] = {"integer": np.int64, "float": np.float64, "boolean": np.bool_, "string": object}
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 #: What line protocol cannot carry in a tag value: control characters, and a backslash that would escape
@@ -238,47 +239,33 @@ def tag_column(values: Sequence[Any] | np.ndarray) -> np.ndarray:
 def column(values: np.ndarray | Sequence[Any], kind: Kind) -> np.ndarray:
     """Values read from a store (an array, a masked array, or a list with None) -> the column of `kind`.
 
-    Applies the module's rule for missing values; see the module docstring.
+    Applies the module's rule for missing values (see the module docstring); copies only when it must.
     """
     if isinstance(values, np.ma.MaskedArray):
         missing = np.ma.getmaskarray(values)
         data = np.asarray(values.data)
     else:
         data = np.asarray(values, dtype=object) if isinstance(values, list) else np.asarray(values)
-        missing = np.equal(data, None) if data.dtype == object else np.zeros(len(data), dtype=bool)
-    has_missing = bool(missing.any())
-    if kind == "string":
-        out = data.astype(object)
-        if has_missing:
-            out[missing] = None
-        return out
-    if kind == "boolean" and has_missing:
+        missing = np.equal(data, None) if data.dtype == object else None
+    if missing is None or not missing.any():
+        return data.astype(_DTYPES[kind], copy=False)
+    if kind in ("string", "boolean"):
         out = data.astype(object)
         out[missing] = None
         return out
-    if kind == "boolean":
-        return data.astype(bool)
-    if has_missing:
-        data = np.where(missing, 0, data)
-    if kind == "integer" and not has_missing:
-        return data.astype(np.int64)
-    out = data.astype(np.float64)
-    if has_missing:
-        out[missing] = np.nan
+    out = np.where(missing, 0, data).astype(np.float64)
+    out[missing] = np.nan
     return out
 
 
 def empty_column(kind: Kind) -> np.ndarray:
     """A column of no rows of `kind`."""
-    return np.empty(0, dtype={"integer": np.int64, "float": np.float64, "boolean": bool}.get(kind, object))
+    return np.empty(0, dtype=_DTYPES[kind])
 
 
 def frames_from_table(table: Mapping[str, np.ndarray], schema: Schema) -> dict[str, np.ndarray]:
-    """`read_frames` columns of `schema` from a `read_table` result of `telemetry`."""
-    return {
-        name: column(table[name], kind) if name in table else empty_column(kind)
-        for name, kind in frame_kinds(schema).items()
-    }
+    """`read_frames` columns of `schema`, in order, from a `read_table` result of `telemetry`."""
+    return {name: table[name] if name in table else empty_column(kind) for name, kind in frame_kinds(schema).items()}
 
 
 def frame_query(schema: Schema, devices: Sequence[str] | None) -> tuple[list[str], dict[str, Sequence[str]]]:
