@@ -165,7 +165,7 @@ class EmbeddedStore:
             cursor = self._writer
             table = self._prepare(cursor, points)
             # Read by DuckDB's replacement scan (`FROM _fleetwatch_points`); no table name starts with "_".
-            # Tags go in as fixed-width unicode: for object arrays duckdb 2.0 tries `import pandas` per value.
+            # Tags go in as fixed-width unicode: for object arrays duckdb 1.5 tries `import pandas` per value.
             tags = {name: values.astype(str) for name, values in points.tags.items()}
             _fleetwatch_points = {TIME: points.time, **tags, **points.fields}
             names = _quoted([TIME, *points.tags, *points.fields])
