@@ -121,9 +121,8 @@ class InfluxHTTP:
         with response:
             self._check(response)
             try:
-                for line in response.iter_lines(chunk_size=1 << 16):
-                    if line:
-                        yield from _series(json.loads(line))
+                for document in _json_lines(response):
+                    yield from _series(document)
             except requests.RequestException as exc:
                 raise SinkUnavailable(f"InfluxDB at {self.target.base_url}: {exc}") from exc
 
@@ -149,6 +148,24 @@ class InfluxHTTP:
             hint = " (run `fleetwatch influx setup`)" if "database not found" in reason else ""
             raise SinkUnavailable(f"{where}: {reason}{hint}")
         raise SinkRejected(reason, partial=reason.startswith("partial write"))
+
+
+def _json_lines(response: requests.Response) -> Iterator[dict]:
+    """The JSON documents of a chunked answer, one a line; each received byte is scanned once
+    (requests' iter_lines rescans a long line for every piece of it)."""
+    pending = bytearray()
+    for piece in response.iter_content(chunk_size=1 << 20):
+        newline = piece.rfind(b"\n")
+        if newline == -1:
+            pending += piece
+            continue
+        pending += piece[:newline]
+        for line in pending.split(b"\n"):
+            if line.strip():
+                yield json.loads(line)
+        pending = bytearray(piece[newline + 1 :])
+    if pending.strip():
+        yield json.loads(pending)
 
 
 def _series(document: dict) -> Iterator[tuple[int, dict]]:
