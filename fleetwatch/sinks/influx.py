@@ -44,6 +44,7 @@ from fleetwatch.sinks.model import (
 
 _MAX_LITERALS = 100
 _NS = 1_000_000_000
+_MAX_NS = 2**63 - 2
 _KINDS: dict[str, Kind] = {"float": "float", "integer": "integer", "boolean": "boolean", "string": "string"}
 
 
@@ -89,11 +90,15 @@ class InfluxStore:
         if not fields:
             return {TIME: empty_column("integer"), **{c: empty_column("float") for c in wanted}}
         where = {check_name(k, "tag"): [str(v) for v in values] for k, values in (where or {}).items()}
-        conditions = [f"time >= {int(start) * _NS}", f"time < {int(end) * _NS}"]
+        conditions = [f"time >= {_ns(start)}", f"time < {_ns(end)}"]
         conditions += [_any_of(tag, values) for tag, values in where.items() if len(values) <= _MAX_LITERALS]
         selected = [name for name in wanted if name in fields]
-        text = ", ".join([*(f"{quote_identifier(f)}::field" for f in selected or fields)])
-        text += "".join(f", {quote_identifier(t)}::tag" for t in tags)
+        text = ", ".join(
+            [
+                *(f"{quote_identifier(f)}::field" for f in selected or fields),
+                *(f"{quote_identifier(t)}::tag" for t in tags),
+            ]
+        )
         statement = f"SELECT {text} FROM {self._source(measurement)} WHERE {' AND '.join(conditions)}"
         names, rows = self._rows(statement)
         raw = dict(zip(names, zip(*rows, strict=True), strict=True)) if rows else {}
@@ -162,6 +167,11 @@ class InfluxStore:
             names = series["columns"]
             rows.extend(series.get("values", []))
         return names, rows
+
+
+def _ns(seconds: int) -> int:
+    """Unix seconds -> InfluxQL nanoseconds, within the int64 range InfluxDB keeps."""
+    return max(min(int(seconds) * _NS, _MAX_NS), -_MAX_NS)
 
 
 def _any_of(tag: str, values: Sequence[str]) -> str:
