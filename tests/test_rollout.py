@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fleetwatch.actions.devices import MqttCommander
@@ -31,11 +32,12 @@ from fleetwatch.actions.rollout import (
 )
 from fleetwatch.actions.rollout_config import RolloutConfig
 from fleetwatch.actions.signing import generate_private_key, verify_command
+from fleetwatch.cli import main
 from fleetwatch.config import MqttConfig
 from fleetwatch.drift.scopes import read_inventory
 from fleetwatch.frames import Registry, decode_messages
 from fleetwatch.localservers import Mosquitto
-from fleetwatch.simulate import FleetSimulator, FleetSpec, inventory_csv, model_crc
+from fleetwatch.simulate import FleetSimulator, FleetSpec, ModelProfile, inventory_csv, model_crc
 from fleetwatch.sinks import open_store
 from fleetwatch.state import StateDB
 
@@ -282,3 +284,88 @@ def test_operator_actions_and_their_rules(tmp_path: Path, mosquitto: Mosquitto) 
         int(plan.baseline.version)
     }
     h.close()
+
+
+# -- the command line ------------------------------------------------------------------------------------
+def test_cli_keygen_start_status_rollback(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    spec = FleetSpec(n_devices=30, seed=2)
+    (tmp_path / "inventory.csv").write_text(inventory_csv(spec))
+    config = tmp_path / "fleetwatch.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[mqtt]\nurl = "{mosquitto.url}"\n'
+        f'[fleet]\ninventory = "{tmp_path / "inventory.csv"}"\n'
+    )
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(main, ["rollout", *args, "-c", str(config)])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "BEGIN PUBLIC KEY" in run("keygen")
+    assert "never overwritten" in runner.invoke(main, ["rollout", "keygen", "-c", str(config)]).output
+    draw = json.loads(
+        run("start", "--firmware", "1.1.0", "--baseline", "1.0.0", "--canary", "10%", "--dry-run", "--json")
+    )
+    assert draw["plan"]["target"]["version"] == "1.1.0" and draw["plan"]["stages"] == [10.0, 25.0, 100.0]
+    assert [len(s) for s in draw["stages"]] == [3, 8, 28] and len(draw["control"]) == 2
+    assert RolloutLog(StateDB(tmp_path / "data" / "state.db")).status() == []
+
+    out = run(
+        "start",
+        "--firmware",
+        "1.1.0",
+        "--baseline",
+        "1.0.0",
+        "--canary",
+        "10%",
+        "--id",
+        "fw-1.1.0",
+        "--url",
+        "https://u/1.1.0.bin",
+        "--sha256",
+        "AB" * 32,
+        "--bake",
+        "2h",
+        "--reason",
+        "fixes the I2C hang",
+    )
+    assert "stage 1 (10%): 3 canary devices" in out and "3 of 3 commands delivered" in out
+    status = json.loads(run("status", "fw-1.1.0", "--json", "--audit"))
+    assert status["rollouts"][0]["state"] == "baking" and status["rollouts"][0]["bake_s"] == 7200
+    assert [e["action"] for e in status["audit"]] == ["create", "stage", "command"]
+    assert status["audit"][0]["reason"] == "fixes the I2C hang" and status["audit"][0]["actor"].endswith("@cli")
+    assert "rolled_back" in run("rollback", "fw-1.1.0", "--reason", "field reports of resets")
+    assert "fw-1.1.0: rolled_back" in run("status")
+    retained = _retained(mosquitto)
+    assert len(retained) == 3 and {json.loads(w)["cmd"]["version"] for w in retained.values()} == {"1.0.0"}
+    refused = runner.invoke(main, ["rollout", "start", "--firmware", "x.y", "--baseline", "1.0.0", "-c", str(config)])
+    assert refused.exit_code == 2 and "major.minor.patch" in refused.output
+
+
+def test_cli_judge_reads_the_store(tmp_path: Path) -> None:
+    spec = FleetSpec(n_devices=40, seed=8, models={NEW_MODEL: ModelProfile(latency_factor=1.5)})
+    sim = FleetSimulator(spec)
+    sim.deploy(list(range(20)), NEW_MODEL, "1.0.0")
+    telemetry = sim.run(4)
+    store = open_store(f"embedded://{tmp_path / 'store'}")
+    decoded = decode_messages(telemetry.messages(), telemetry.device, telemetry.received, Registry.builtin())
+    store.write_frames(decoded.batches[1])
+    store.close()
+    ids = sim.fleet.ids.tolist()
+    (tmp_path / "canary.txt").write_text("\n".join(ids[:20]) + "\n")
+    (tmp_path / "control.txt").write_text("\n".join(ids[20:]) + "\n\n")
+    config = tmp_path / "fleetwatch.toml"
+    config.write_text(f'[store]\nurl = "embedded://{tmp_path / "store"}"\n')
+    args = ["rollout", "judge", "--canary", str(tmp_path / "canary.txt"), "--control", str(tmp_path / "control.txt")]
+    args += ["--from", str(spec.start), "--to", str(spec.start + 4 * spec.window_s), "-c", str(config)]
+
+    result = CliRunner().invoke(main, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    verdict = json.loads(result.output)
+    assert verdict["verdict"] == "rollback" and (verdict["n_canary"], verdict["n_control"]) == (20, 20)
+    latency = next(m for m in verdict["metrics"] if m["metric"] == "latency_p95")
+    assert latency["status"] == "worse" and 1.4 < latency["estimate"] < 1.6 and latency["limit"] == pytest.approx(1.1)
+    text = CliRunner().invoke(main, args).output
+    assert text.startswith("verdict: rollback (20 canary, 20 control devices)")
+    assert "latency_p95    worse" in text and "guardrail memory_ceiling: ok" in text
