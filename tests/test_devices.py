@@ -256,7 +256,7 @@ FIRMWARE = Plan(
     "firmware",
     Artifact("1.1.0", "notehub:app-1.1.0.bin", "aa" * 32),
     Artifact("1.0.0", "notehub:app-1.0.0.bin", "bb" * 32),
-    (50.0, 100.0),
+    (30.0, 60.0),
     20.0,
     HOUR,
 )
@@ -315,8 +315,9 @@ def test_notehub_dfu_status_is_read_page_by_page(notehub: Notehub) -> None:
 
 
 def test_promotion_sets_the_fleet_variable(notehub: Notehub, tmp_path: Path) -> None:
-    """The controller with the Notehub commander: promoting the last stage commands the control devices
-    and, with `fleet_uid` set, the fleet's variable (a command for device "*")."""
+    """The controller with the Notehub commander: promoting the last stage (60%) commands every device still
+    on the baseline (control, and those no stage reached) and, with `fleet_uid` set, the fleet's variable
+    (a command for device "*")."""
     key = generate_private_key()
     controller = RolloutController(
         StateDB(tmp_path / "state.db"), _commander(notehub, fleet_uid="fleet:north"), RolloutConfig(), key
@@ -327,7 +328,7 @@ def test_promotion_sets_the_fleet_variable(notehub: Notehub, tmp_path: Path) -> 
     controller.promote("fw-1.1.0", now=1100, actor="frank@cli", reason="early", force=True)
     events = controller.promote("fw-1.1.0", now=1200, actor="frank@cli", reason="done", force=True)
     assert [e.action for e in events] == ["promote", "command"]
-    assert events[-1].reason == "3 of 3 commands delivered (3 target, 0 baseline)"  # 2 control devices and "*"
+    assert events[-1].reason == "5 of 5 commands delivered (5 target, 0 baseline)"  # 2 control, 2 unstaged, "*"
     fleet = [r for r in notehub.requests if "/fleets/" in r["path"]]
     assert [r["path"] for r in fleet] == [f"/v1/projects/{PROJECT}/fleets/fleet:north/environment_variables"]
     cmd = verify_command(fleet[0]["body"]["environment_variables"]["fleetwatch_ota"].encode(), key.public_key())

@@ -248,6 +248,14 @@ def test_no_promotion_before_the_end_of_the_bake_or_without_enough_devices() -> 
     assert any("need 8" in r for r in verdict.reasons)
 
 
+def test_no_windows_is_no_evidence() -> None:
+    canary, _ = _arms(1, ModelProfile(), seed=15, per=PER_ARM)
+    empty = {name: values[:0] for name, values in canary.items()}
+    verdict = judge_frames(canary, empty, CONFIG, Look(1.0, 5 / 6))
+    assert verdict.verdict == "continue" and verdict.n_control == 0
+    assert {m.status for m in verdict.metrics} == {"no_data"}
+
+
 def test_after_the_bake_only_guardrails_roll_back() -> None:
     canary, control = _arms(1, ModelProfile(latency_factor=1.5), seed=16, per=PER_ARM)
     assert judge_frames(canary, control, CONFIG, Look(1.0, 5 / 6)).verdict == "rollback"

@@ -10,9 +10,9 @@ and reports, per device, None when the command was delivered to the transport or
   {deviceUID}/environment_variables`, body `{"environment_variables": {NAME: wire}}`); the Notecard
   syncs it and the host reads it with `env.get`. A fleet-wide command (device "*") sets the fleet's
   variable instead (`PUT /v1/projects/{projectUID}/fleets/{fleetUID}/environment_variables`). With `dfu`
-  on, a firmware command whose url is `notehub:<file>` also starts a host-firmware update of the file
-  uploaded to Notehub (`POST /v1/projects/{projectUID}/dfu/host/update?deviceUID=...`, body
-  `{"filename": file}`), and `status` reads `GET /v1/projects/{projectUID}/dfu/host/status` (paged).
+  on, a firmware command (one with `version`) whose url is `notehub:<file>` also starts a host-firmware
+  update of the file uploaded to Notehub (`POST /v1/projects/{projectUID}/dfu/host/update?deviceUID=...`,
+  body `{"filename": file}`), and `status` reads `GET /v1/projects/{projectUID}/dfu/host/status` (paged).
   Device ids must be Notehub DeviceUIDs (`notehub.device_field = "device"`).
 """
 
@@ -179,8 +179,9 @@ class NotehubCommander:
             except (requests.RequestException, NotehubError) as exc:
                 results[device] = str(exc)
                 continue
-            url = _command(wire).get("url", "")
-            if self.config.dfu and device != FLEET and url.startswith(NOTEHUB_FILE):
+            sent = _command(wire)
+            url = sent.get("url", "")
+            if self.config.dfu and "version" in sent and device != FLEET and url.startswith(NOTEHUB_FILE):
                 dfu.setdefault(url.removeprefix(NOTEHUB_FILE), []).append(device)
         for filename, devices in dfu.items():
             try:

@@ -25,7 +25,7 @@ reboot_rate        lin    unexpected reboots per window
 A reboot is *expected*, and not counted, in a device's first window of the look and in a window whose
 fw_version or model_id differs from the device's previous window: that is where an update reboots it.
 The calibration map defaults to the bin midpoints (a calibrated model); the reference histogram defaults
-to the control devices' pooled histogram.
+to the control devices' pooled histogram (no control windows: no PSI).
 
 Tests
 -----
@@ -253,6 +253,7 @@ def device_table(
     np.add.at(hist, inverse, _hist(frames)[order])
     accuracy, _ = estimated_accuracy(hist, calibration)
     memory = col("mem_peak_pct")
+    nan = np.full(k, np.nan)
 
     version = np.char.add(np.asarray(frames["fw_version"]).astype(str)[order], "/")
     version = np.char.add(version, np.asarray(frames["model_id"]).astype(str)[order])
@@ -271,7 +272,7 @@ def device_table(
                 np.nan,
             ),
             "accuracy": -accuracy,
-            "confidence_psi": np.where(n > 0, psi(hist, reference), np.nan),
+            "confidence_psi": np.where(n > 0, psi(hist, reference), np.nan) if reference.sum() > 0 else nan,
             "memory": np.bincount(inverse, memory, minlength=k) / windows,
             "reboot_rate": reboots / windows,
         }

@@ -17,10 +17,12 @@ judge's evidence)::
   the canary of stage k + 1. The draw depends on the seed and the inventory only (reproducible).
 - **Stages**: stage k's canary is `stages[k]` percent of the eligible devices (at most every device not
   in control); entering a stage commands its new canary devices. The stage bakes for `bake_s`.
+  Promotion of the last stage commands every device still on the baseline: control, and the devices
+  no stage reached when the last stage is below 100%.
 - **Looks**: each `tick(now)` judges a baking stage on the windows since the stage started: canary devices
   that report the new version against control devices on the baseline (`fleetwatch.actions.judge`;
   a look spends alpha by the bake fraction elapsed). Rollback at any look; promotion only at the end of
-  the bake. Promotion of the last stage commands the control devices too (state `promoted`).
+  the bake.
 - **Commands** go through an outbox: a state change records each device's desired state (`target` or
   `baseline`) in the same transaction; `tick` (and the operator actions) send what is not yet delivered,
   so a crash between the two resends on restart. Commands are signed (`signing`) and sent by a
@@ -151,7 +153,8 @@ class Plan:
 
 @dataclass(frozen=True)
 class Selection:
-    """Control devices, and canary devices in draw order with the index of the stage each first joins."""
+    """Control devices, and the other devices in draw order with the index of the stage each first joins
+    (`len(stages)`: only at the promotion, when the last stage is below 100%)."""
 
     control: tuple[str, ...]
     canary: tuple[tuple[str, int], ...]
@@ -195,9 +198,8 @@ def select_devices(
     canary_order = rest[np.argsort(_stratified_keys([strata[i] for i in rest], np.random.default_rng([seed, 1])))]
     counts = [min(max(1, round(s / 100 * n)), len(rest)) for s in stages]
     canary = [
-        (eligible[i], next(k for k, c in enumerate(counts) if position < c))
+        (eligible[i], next((k for k, c in enumerate(counts) if position < c), len(stages)))
         for position, i in enumerate(canary_order.tolist())
-        if position < counts[-1]
     ]
     return Selection(tuple(eligible[i] for i in control.tolist()), tuple(canary), n)
 
@@ -572,7 +574,7 @@ class RolloutController:
             self._move(tx, row, "promoted", now)
             tx.execute(
                 "UPDATE rollout_devices SET desired = 'target', commanded_at = ? "
-                "WHERE rollout_id = ? AND role = 'control'",
+                "WHERE rollout_id = ? AND desired IS NULL",
                 (now, row.id),
             )
             if self.commander.fleet_wide:
