@@ -1,165 +1,367 @@
-"""Statistical kernels over whole-fleet arrays: (devices, bins) counts, (devices,) levels. Pure numpy.
+"""Statistical kernels over whole-fleet arrays. Pure numpy (scipy only for distribution functions).
+
+Every kernel takes arrays for the whole fleet at once: count matrices shaped (devices, bins), levels shaped
+(devices,) or (devices, channels), and returns arrays of the same leading shape. There is no loop over
+devices anywhere; the only Python loop is over histogram bins in the bin merge.
+
+Conventions
+-----------
+- Variances are **population** variances, M2 / n, as the firmware's Welford accumulator sends them; the
+  pooled variances returned here are population variances too (multiply by n / (n - 1) for a sample one).
+- No data: a count test at n = 0 returns statistic 0 and p = 1 (no evidence), and `goodness_of_fit` flags
+  the row untested (df = 0). Scores and estimates that do not exist without data (z, estimated accuracy,
+  PSI, JS distance) are NaN, and a p-value computed from a NaN z is NaN.
+- p-values are one-sided *upper* tails unless the name says otherwise: evidence that something went up.
 
 Count vectors against baseline proportions
 ------------------------------------------
-`goodness_of_fit(counts, probs, dispersion)`: Pearson chi-square and the G-test (likelihood ratio) of each
-row of a (devices, bins) matrix against the baseline proportions. Adjacent bins are merged, left to right,
-until every merged bin expects at least `min_expected` counts at the row's n (a chi-square needs that);
-rows are grouped by n in powers of two and each group shares one merge, computed from its smallest n, so
-the work is a loop over at most ~17 groups, never over devices. Counts of real devices are overdispersed
-(the window's class mix varies more than a multinomial): the statistic is divided by the dispersion
-factor phi fitted on the reference period (phi = mean chi-square / df there) before the p-value is read
-from chi2(df). Rows with n = 0 give NaN (no test).
+`goodness_of_fit` runs Pearson's chi-square and the G-test (likelihood ratio) of each row against the
+baseline proportions, after merging adjacent bins until each merged bin expects at least `min_expected`
+counts at that row's n. `psi` (population stability index) and `js_distance` (Jensen-Shannon distance)
+are the matching effect sizes.
 
-Effect sizes: PSI (population stability index) with additive smoothing eps = 1e-4 on both distributions,
-and the Jensen-Shannon distance (base 2, in [0, 1]).
-
-Levels
-------
-`z_scores(x, level, sd)`, `two_sided_p(z)`, `one_sided_p(z)`; `pool(n, mean, var, groups)` merges
-(n, mean, population variance) exactly (Chan et al.) per group: windows -> device -> cohort -> fleet.
-`estimated_accuracy(hist, accuracy_per_bin)`: label-free accuracy from the confidence histogram and the
-calibration map, as NannyML's CBPE does from raw scores, with its binomial standard error.
-`anomaly_p(anomalies, n, rate, concentration)`: beta-binomial upper tail of an anomaly count.
-
->>> counts = np.array([[50, 30, 20], [10, 10, 80]])
->>> chi2, g, df, p = goodness_of_fit(counts, np.array([0.5, 0.3, 0.2]))
->>> p.round(3).tolist()
-[1.0, 0.0]
+>>> counts = np.array([[50, 30, 20], [10, 10, 80], [0, 0, 0]])
+>>> fit = goodness_of_fit(counts, np.array([0.5, 0.3, 0.2]))
+>>> fit.p.round(3).tolist(), fit.df.tolist(), fit.tested.tolist()
+([1.0, 0.0, 1.0], [2, 2, 0], [True, True, False])
 """
 
 from __future__ import annotations
 
+from typing import Literal, NamedTuple
+
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import special, stats
 
+#: Smallest expected count of a merged bin (the usual rule of thumb for the chi-square approximation).
 MIN_EXPECTED = 5.0
+#: Additive smoothing of both distributions in PSI, so that an empty bin does not give log(0).
 PSI_EPS = 1e-4
+#: Floor of a window variance before taking its log: the wire resolution of `input_var` (0.0001).
+LOG_VAR_FLOOR = 1e-4
 
 
-def _merge_groups(probs: np.ndarray, n: float, min_expected: float) -> np.ndarray:
-    """Group label per bin: adjacent bins merged left to right until n * p >= min_expected; a small
-    remainder joins the last group."""
-    labels = np.zeros(len(probs), dtype=int)
-    group, acc = 0, 0.0
-    for b, p in enumerate(probs):
-        labels[b] = group
-        acc += p
-        if acc * n >= min_expected:
-            group, acc = group + 1, 0.0
-    if acc > 0 and group > 0 and acc * n < min_expected:
-        labels[labels == group] = group - 1
-    return labels
+class GoodnessOfFit(NamedTuple):
+    """Per row: Pearson chi-square, G statistic, degrees of freedom after merging, and the p-value."""
+
+    chi2: np.ndarray
+    g: np.ndarray
+    df: np.ndarray
+    p: np.ndarray
+
+    @property
+    def tested(self) -> np.ndarray:
+        """Rows that had a test: n > 0 and at least two merged bins (df > 0). Untested rows have p = 1."""
+        return self.df > 0
 
 
 def goodness_of_fit(
-    counts: np.ndarray, probs: np.ndarray, dispersion: float = 1.0, min_expected: float = MIN_EXPECTED
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(chi2, G, df, p) per row; p from the G statistic divided by `dispersion`."""
+    counts: ArrayLike,
+    probs: ArrayLike,
+    dispersion: ArrayLike = 1.0,
+    min_expected: float = MIN_EXPECTED,
+    statistic: Literal["g", "pearson"] = "g",
+) -> GoodnessOfFit:
+    """Chi-square and G-test of each row of `counts` (devices, bins) against the proportions `probs`.
+
+    With O the observed and E = n * p the expected counts of the merged bins of a row,
+    Pearson's chi2 = sum (O - E)^2 / E and G = 2 sum O ln(O / E) (0 ln 0 = 0). Both are approximately
+    chi-square with df = (merged bins - 1) when the row is a multinomial sample of the baseline.
+
+    Bin merge, the same rule for every row given its own n: walk the bins left to right, adding the
+    expected counts n * p_b; close a merged bin as soon as its sum reaches `min_expected`; bins left over
+    at the end whose sum stays below it join the last closed bin. A row with n * 1 < `min_expected` is
+    one merged bin: df = 0, statistic 0, p = 1, `tested` False. The walk is vectorised over rows.
+
+    Field counts are overdispersed (a window's mix varies more than a multinomial's): `dispersion` phi
+    (scalar or per row, fitted on the reference period as mean G / df) divides the statistic before the
+    p-value is read, p = P(chi2_df >= statistic / phi) (quasi-likelihood scaling). `statistic` picks which
+    one the p-value is of.
+
+    >>> fit = goodness_of_fit([[8, 1, 1]], [0.4, 0.3, 0.3])
+    >>> fit.df.tolist()                       # n = 10: expected 4, 3, 3 -> merged [4 + 3, 3] -> one bin
+    [0]
+    >>> fit = goodness_of_fit([[28, 12, 10]], [0.4, 0.3, 0.3])
+    >>> fit.chi2.round(3).tolist(), fit.g.round(3).tolist(), fit.p.round(3).tolist()
+    ([5.467], [5.378], [0.068])
+    """
     counts = np.asarray(counts, dtype=float)
-    probs = np.asarray(probs, dtype=float) / np.sum(probs)
+    probs = _normalised(probs)
+    if counts.ndim != 2:
+        raise ValueError("counts must be (rows, bins)")
+    if min_expected <= 0:
+        raise ValueError("min_expected must be positive")
+    rows, bins = counts.shape
     n = counts.sum(axis=1)
-    chi2 = np.full(len(counts), np.nan)
-    g = np.full(len(counts), np.nan)
-    df = np.zeros(len(counts))
-    klass = np.where(n > 0, np.floor(np.log2(np.maximum(n, 1))), -1).astype(int)
-    for k in np.unique(klass[klass >= 0]).tolist():
-        rows = klass == k
-        labels = _merge_groups(probs, float(n[rows].min()), min_expected)
-        groups = labels.max() + 1
-        merged = np.zeros((int(rows.sum()), groups))
-        np.add.at(merged.T, labels, counts[rows].T)
-        merged_p = np.bincount(labels, weights=probs, minlength=groups)
-        expected = n[rows, None] * merged_p[None, :]
-        chi2[rows] = ((merged - expected) ** 2 / expected).sum(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            terms = np.where(merged > 0, merged * np.log(merged / expected), 0.0)
-        g[rows] = 2 * terms.sum(axis=1)
-        df[rows] = groups - 1
-    with np.errstate(invalid="ignore"):
-        p = np.where(df > 0, special.chdtrc(np.maximum(df, 1), g / dispersion), np.nan)
-    return chi2, g, df, p
+    expected = n[:, None] * np.broadcast_to(probs, counts.shape)
+    labels = _merge_labels(expected, min_expected)
+    flat = (labels + bins * np.arange(rows)[:, None]).ravel()
+    observed = np.bincount(flat, weights=counts.ravel(), minlength=rows * bins).reshape(rows, bins)
+    merged = np.bincount(flat, weights=expected.ravel(), minlength=rows * bins).reshape(rows, bins)
+    used = merged > 0
+    safe = np.where(used, merged, 1.0)
+    chi2 = np.where(used, (observed - merged) ** 2 / safe, 0.0).sum(axis=1)
+    g = 2 * special.xlogy(observed, np.where(observed > 0, observed / safe, 1.0)).sum(axis=1)
+    df = labels[:, -1]
+    chosen = g if statistic == "g" else chi2
+    p = np.where(df > 0, special.chdtrc(np.maximum(df, 1), chosen / np.asarray(dispersion, dtype=float)), 1.0)
+    return GoodnessOfFit(chi2, g, df, p)
 
 
-def psi(counts: np.ndarray, probs: np.ndarray, eps: float = PSI_EPS) -> np.ndarray:
-    """Population stability index of each row's distribution against `probs` (smoothed by eps)."""
-    actual = _smoothed(counts, eps)
-    expected = _smoothed(np.asarray(probs, dtype=float)[None, :], eps)
-    return ((actual - expected) * np.log(actual / expected)).sum(axis=1)
+def _merge_labels(expected: np.ndarray, min_expected: float) -> np.ndarray:
+    """Merged-bin label of every (row, bin), by the left-to-right rule of `goodness_of_fit`."""
+    rows, bins = expected.shape
+    labels = np.empty((rows, bins), dtype=np.intp)
+    group = np.zeros(rows, dtype=np.intp)
+    running = np.zeros(rows)
+    for b in range(bins):
+        labels[:, b] = group
+        running += expected[:, b]
+        closed = running >= min_expected
+        group += closed
+        running[closed] = 0.0
+    leftover = (labels == group[:, None]) & (group[:, None] > 0)
+    return np.where(leftover, labels - 1, labels)
 
 
-def js_distance(counts: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Jensen-Shannon distance (base 2) between each row's distribution and `probs`."""
-    actual = np.asarray(counts, dtype=float)
-    total = actual.sum(axis=1, keepdims=True)
-    actual = np.divide(actual, total, out=np.zeros_like(actual), where=total > 0)
-    expected = np.broadcast_to(np.asarray(probs, dtype=float) / np.sum(probs), actual.shape)
+def psi(counts: ArrayLike, probs: ArrayLike, eps: float = PSI_EPS) -> np.ndarray:
+    """Population stability index of each row's proportions a against the baseline proportions e.
+
+    PSI = sum_b (a_b - e_b) ln(a_b / e_b), the symmetrised Kullback-Leibler divergence, after adding
+    `eps` to every proportion of both and renormalising (a_b -> (a_b + eps) / (1 + bins * eps)), so an
+    empty bin costs a finite amount. NaN for rows with n = 0.
+
+    >>> psi([[50, 50], [90, 10]], [0.5, 0.5]).round(3).tolist()
+    [0.0, 0.878]
+    """
+    actual, n = _proportions(counts)
+    bins = actual.shape[-1]
+    a = (actual + eps) / (1 + bins * eps)
+    e = (_normalised(probs) + eps) / (1 + bins * eps)
+    return np.where(n > 0, ((a - e) * np.log(a / e)).sum(axis=-1), np.nan)
+
+
+def js_distance(counts: ArrayLike, probs: ArrayLike) -> np.ndarray:
+    """Jensen-Shannon distance, base 2, of each row's proportions a against the baseline e, in [0, 1].
+
+    With m = (a + e) / 2, JSD = (KL(a || m) + KL(e || m)) / 2 in bits, and the distance is sqrt(JSD):
+    0 for identical distributions, 1 for disjoint ones. No smoothing is needed (m > 0 wherever a or e
+    is). NaN for rows with n = 0.
+
+    >>> js_distance([[5, 5], [10, 0]], [0.0, 1.0]).round(3).tolist()
+    [0.558, 1.0]
+    """
+    actual, n = _proportions(counts)
+    expected = np.broadcast_to(_normalised(probs), actual.shape)
     mid = (actual + expected) / 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kl_a = np.where(actual > 0, actual * np.log2(actual / mid), 0.0).sum(axis=1)
-        kl_e = np.where(expected > 0, expected * np.log2(expected / mid), 0.0).sum(axis=1)
-    return np.sqrt(np.maximum((kl_a + kl_e) / 2, 0.0))
+    bits = (special.rel_entr(actual, mid) + special.rel_entr(expected, mid)).sum(axis=-1) / (2 * np.log(2))
+    return np.where(n > 0, np.sqrt(np.clip(bits, 0.0, 1.0)), np.nan)
 
 
-def _smoothed(counts: np.ndarray, eps: float) -> np.ndarray:
+def _proportions(counts: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """(row proportions, row totals); rows with no counts get zeros."""
     counts = np.asarray(counts, dtype=float)
-    total = counts.sum(axis=1, keepdims=True)
-    share = np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
-    share = share + eps
-    return share / share.sum(axis=1, keepdims=True)
+    n = counts.sum(axis=-1)
+    share = np.divide(counts, n[..., None], out=np.zeros_like(counts), where=n[..., None] > 0)
+    return share, n
 
 
-def z_scores(x: np.ndarray, level: np.ndarray | float, sd: np.ndarray | float) -> np.ndarray:
-    return (np.asarray(x, dtype=float) - level) / sd
+def _normalised(probs: ArrayLike) -> np.ndarray:
+    probs = np.asarray(probs, dtype=float)
+    total = probs.sum(axis=-1, keepdims=True)
+    if (probs < 0).any() or (total <= 0).any():
+        raise ValueError("baseline proportions must be non-negative with a positive sum")
+    return probs / total
 
 
-def two_sided_p(z: np.ndarray) -> np.ndarray:
-    return special.erfc(np.abs(z) / np.sqrt(2))
+class Moments(NamedTuple):
+    """Sample size, mean and population variance (M2 / n) of a set of values."""
+
+    n: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
 
 
-def one_sided_p(z: np.ndarray) -> np.ndarray:
-    """P(Z >= z): evidence that a level went up."""
+def pool(n: ArrayLike, mean: ArrayLike, var: ArrayLike, groups: ArrayLike, n_groups: int | None = None) -> Moments:
+    """Exact moments of the union of parts, per group label: windows -> device -> cohort -> fleet.
+
+    Parts i of a group with sizes n_i, means m_i and population variances v_i pool to
+    N = sum n_i, M = sum n_i m_i / N and V = sum n_i (v_i + (m_i - M)^2) / N: the k-part form of Chan et
+    al.'s parallel update (M2 = sum M2_i + sum n_i (m_i - M)^2), exactly the mean and population variance
+    of the concatenated raw values. Computed around M (two passes), so it is numerically stable. Parts
+    with n = 0 are ignored (their mean and variance may be NaN); a group with N = 0 has NaN mean and
+    variance. `groups` labels the first axis; trailing axes (channels) are pooled independently.
+
+    Pooled mean and variance only depend on the parts' *relative* sizes: when the firmware aggregates s
+    input samples per inference, passing n = inference_count gives the same M and V as the true sample
+    counts.
+
+    >>> pool([2, 2], [0.0, 2.0], [1.0, 1.0], [0, 0])
+    Moments(n=array([4.]), mean=array([1.]), var=array([2.]))
+    """
+    n, mean, var = _parts(n, mean, var)
+    groups = np.asarray(groups, dtype=np.intp)
+    size = int(n_groups) if n_groups is not None else int(groups.max()) + 1 if groups.size else 0
+    shape = (size, *mean.shape[1:])
+
+    def total(values: np.ndarray) -> np.ndarray:
+        out = np.zeros(shape)
+        np.add.at(out, groups, values)
+        return out
+
+    count = total(np.broadcast_to(n, mean.shape))
+    centre = _ratio(total(n * mean), count)
+    return Moments(count, centre, _ratio(total(n * (var + (mean - centre[groups]) ** 2)), count))
+
+
+def pool_axis(n: ArrayLike, mean: ArrayLike, var: ArrayLike, axis: int = -1) -> Moments:
+    """Exact moments of the union of parts along `axis` (e.g. a device's windows), by `pool`'s formula.
+
+    >>> pool_axis([[2, 2]], [[0.0, 2.0]], [[1.0, 1.0]], axis=1)
+    Moments(n=array([4.]), mean=array([1.]), var=array([2.]))
+    """
+    n, mean, var = _parts(n, mean, var)
+    count = np.broadcast_to(n, mean.shape).sum(axis=axis)
+    centre = _ratio((n * mean).sum(axis=axis), count)
+    spread = n * (var + (mean - np.expand_dims(centre, axis)) ** 2)
+    return Moments(count, centre, _ratio(spread.sum(axis=axis), count))
+
+
+def _parts(n: ArrayLike, mean: ArrayLike, var: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sizes broadcast against the moments, with empty parts' moments zeroed so NaNs there are ignored."""
+    mean = np.asarray(mean, dtype=float)
+    n = np.asarray(n, dtype=float)
+    n = n.reshape(n.shape + (1,) * (mean.ndim - n.ndim))
+    empty = n <= 0
+    return np.where(empty, 0.0, n), np.where(empty, 0.0, mean), np.where(empty, 0.0, np.asarray(var, dtype=float))
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    return np.divide(numerator, denominator, out=np.full(np.shape(numerator), np.nan), where=denominator > 0)
+
+
+def log_variance(var: ArrayLike, floor: float = LOG_VAR_FLOOR) -> np.ndarray:
+    """ln(max(var, floor)): window variances are compared on a log scale, where a gain change is a shift.
+
+    >>> log_variance([0.0, 1.0]).round(3).tolist()
+    [-9.21, 0.0]
+    """
+    return np.log(np.maximum(np.asarray(var, dtype=float), floor))
+
+
+def standardise(x: ArrayLike, mu: ArrayLike, sigma: ArrayLike, level: ArrayLike = 0.0) -> np.ndarray:
+    """z = (x - level - mu) / sigma: a window statistic against its baseline distribution N(mu, sigma^2).
+
+    `x` is a window mean, a log window variance (`log_variance`), a latency, a memory peak or a battery
+    voltage, shaped (devices,) or (devices, channels); `mu` and `sigma` broadcast against it (one per
+    channel). `level` is a device's own offset from the baseline (a device mounted differently is
+    compared with itself, not drifted forever); use sigma = the within-device spread with it. NaN x
+    (no data) and sigma <= 0 (no spread to compare with) give NaN.
+
+    >>> standardise([[1.5, 0.0]], mu=[1.0, 0.0], sigma=[0.5, 2.0], level=[[0.5, -1.0]]).tolist()
+    [[0.0, 0.5]]
+    """
+    sigma = np.asarray(sigma, dtype=float)
+    spread = np.where(sigma > 0, sigma, np.nan)
+    return (np.asarray(x, dtype=float) - level - np.asarray(mu, dtype=float)) / spread
+
+
+def two_sided_p(z: ArrayLike) -> np.ndarray:
+    """P(|Z| >= |z|) for a standard normal Z: evidence of a shift either way. NaN stays NaN.
+
+    >>> two_sided_p([0.0, 1.959964]).round(3).tolist()
+    [1.0, 0.05]
+    """
+    return special.erfc(np.abs(np.asarray(z, dtype=float)) / np.sqrt(2))
+
+
+def one_sided_p(z: ArrayLike) -> np.ndarray:
+    """P(Z >= z): evidence that a level went up (pass -z for "went down", e.g. battery). NaN stays NaN.
+
+    >>> one_sided_p([0.0, 1.644854]).round(3).tolist()
+    [0.5, 0.05]
+    """
     return special.ndtr(-np.asarray(z, dtype=float))
 
 
-def pool(
-    n: np.ndarray, mean: np.ndarray, var: np.ndarray, groups: np.ndarray, n_groups: int | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact (n, mean, population variance) per group from parts (Chan et al.): the mean of the group is
-    the n-weighted mean; its variance adds the parts' variances and their means' spread around it."""
-    n = np.asarray(n, dtype=float)
-    groups = np.asarray(groups)
-    size = int(n_groups if n_groups is not None else (groups.max() + 1 if len(groups) else 0))
-    total = np.bincount(groups, weights=n, minlength=size)
-    sums = np.bincount(groups, weights=n * mean, minlength=size)
-    pooled_mean = np.divide(sums, total, out=np.full(size, np.nan), where=total > 0)
-    spread = n * (var + (mean - pooled_mean[groups]) ** 2)
-    m2 = np.bincount(groups, weights=spread, minlength=size)
-    return total, pooled_mean, np.divide(m2, total, out=np.full(size, np.nan), where=total > 0)
+class AccuracyEstimate(NamedTuple):
+    """Label-free expected accuracy per row and its standard error."""
+
+    accuracy: np.ndarray
+    se: np.ndarray
 
 
-def estimated_accuracy(hist: np.ndarray, accuracy_per_bin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(expected accuracy, standard error) per row: sum_b c_b a_b / n and sqrt(sum_b c_b a_b (1 - a_b)) / n."""
+def estimated_accuracy(hist: ArrayLike, accuracy_per_bin: ArrayLike) -> AccuracyEstimate:
+    """Expected accuracy from a confidence histogram and a calibration map, without labels (as CBPE).
+
+    With c_b inferences in confidence bin b, n = sum c_b, and a_b the accuracy of that bin on labelled
+    validation data: accuracy = sum_b c_b a_b / n. Each inference is right with probability a_b, so
+    given the histogram the number right has variance sum_b c_b a_b (1 - a_b) and
+    se = sqrt(sum_b c_b a_b (1 - a_b)) / n. The se leaves out the calibration map's own estimation
+    error and window-to-window overdispersion (scale it by sqrt(phi) for the latter). NaN at n = 0.
+
+    >>> estimated_accuracy([[0, 10], [10, 10]], [0.5, 0.9]).accuracy.tolist()
+    [0.9, 0.7]
+    """
     hist = np.asarray(hist, dtype=float)
     acc = np.asarray(accuracy_per_bin, dtype=float)
-    n = hist.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n > 0, hist @ acc / n, np.nan)
-        se = np.where(n > 0, np.sqrt(hist @ (acc * (1 - acc))) / n, np.nan)
-    return mean, se
+    n = hist.sum(axis=-1)
+    right = (hist * acc).sum(axis=-1)
+    spread = np.sqrt((hist * acc * (1 - acc)).sum(axis=-1))
+    return AccuracyEstimate(_ratio(right, n), _ratio(spread, n))
 
 
-def anomaly_p(anomalies: np.ndarray, n: np.ndarray, rate: float, concentration: float) -> np.ndarray:
-    """P(A >= a) for A ~ BetaBinomial(n, rate * c, (1 - rate) * c): one-sided evidence that the anomaly
-    rate went up, exact in the right tail (a normal approximation of these skewed counts is not).
+def anomaly_p(anomalies: ArrayLike, n: ArrayLike, rate: float, concentration: float) -> np.ndarray:
+    """P(A >= a) for A ~ BetaBinomial(n, rate c, (1 - rate) c): evidence the anomaly rate went up.
 
-    The window's anomaly rate varies around the baseline rate as a Beta with concentration c (fitted on
-    the reference period); c = inf is a plain binomial."""
+    The anomaly rate of a healthy window is not fixed at the baseline rate r: it varies from window to
+    window as a Beta with mean r and concentration c (fitted on the reference period), so a window's
+    count is beta-binomial with variance n r (1 - r) (1 + (n - 1) / (c + 1)). The inflation grows with
+    n, unlike a quasi-binomial's constant phi, which is what happens when the rate itself wanders: a
+    constant phi fitted at the fleet's typical n would be too lenient for busy devices and too strict for
+    quiet ones. The upper tail is exact (these counts are small and skewed; a normal approximation is
+    not). c = inf is the plain binomial; r = 0 makes any anomaly p = 0. n = 0 gives p = 1.
+
+    >>> anomaly_p([1, 6], [100, 100], rate=0.01, concentration=float("inf")).round(4).tolist()
+    [0.634, 0.0005]
+    """
     a = np.asarray(anomalies, dtype=float)
     n = np.asarray(n, dtype=float)
     if rate <= 0:
         return np.where(a > 0, 0.0, 1.0)
-    if not np.isfinite(concentration):
-        return np.where(n > 0, stats.binom.sf(a - 1, n, rate), np.nan)
-    tail = stats.betabinom.sf(a - 1, n.astype(np.int64), rate * concentration, (1 - rate) * concentration)
-    return np.where(n > 0, tail, np.nan)
+    if np.isinf(concentration):
+        tail = stats.binom.sf(a - 1, n, rate)
+    else:
+        tail = stats.betabinom.sf(a - 1, n.astype(np.int64), rate * concentration, (1 - rate) * concentration)
+    return np.where(n > 0, tail, 1.0)
+
+
+def anomaly_z(anomalies: ArrayLike, n: ArrayLike, rate: float, concentration: float) -> np.ndarray:
+    """Standardised excess of anomalies: (a - n r) / sqrt(n r (1 - r) (1 + (n - 1) / (c + 1))).
+
+    The same beta-binomial model as `anomaly_p`, as a score for pooling across devices (Stouffer) or a
+    CUSUM. NaN at n = 0 or r in {0, 1} (no spread).
+
+    >>> anomaly_z([4], [100], rate=0.02, concentration=float("inf")).round(3).tolist()
+    [1.429]
+    """
+    a = np.asarray(anomalies, dtype=float)
+    n = np.asarray(n, dtype=float)
+    var = n * rate * (1 - rate) * (1 + (n - 1) / (concentration + 1))
+    return _ratio(a - n * rate, np.sqrt(np.where(var > 0, var, 0.0)))
+
+
+def poisson_p(count: ArrayLike, expected: ArrayLike) -> np.ndarray:
+    """P(X >= count) for X ~ Poisson(expected): evidence that an event rate (reboots) went up.
+
+    For reboots, count is the number of windows flagged rebooted among W windows and expected = W times
+    the baseline's per-window reboot rate. The flag is 0/1 per window, so the count is really binomial;
+    the Poisson tail is slightly heavier, hence conservative, and fine while the rate is small.
+
+    >>> poisson_p([0, 3], [0.5, 0.5]).round(4).tolist()
+    [1.0, 0.0144]
+    """
+    count = np.asarray(count, dtype=float)
+    expected = np.asarray(expected, dtype=float)
+    return np.where(count > 0, special.pdtrc(np.maximum(count - 1, 0), expected), 1.0)

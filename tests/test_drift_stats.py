@@ -1,0 +1,258 @@
+"""Every kernel of fleetwatch.drift.stats against scipy or numpy on the raw data, on random inputs."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+
+from fleetwatch.drift import stats as kernels
+from fleetwatch.drift.stats import (
+    anomaly_p,
+    anomaly_z,
+    estimated_accuracy,
+    goodness_of_fit,
+    js_distance,
+    log_variance,
+    one_sided_p,
+    poisson_p,
+    pool,
+    pool_axis,
+    psi,
+    standardise,
+    two_sided_p,
+)
+
+SEEDS = range(12)
+TOL = {"rel": 1e-9, "abs": 1e-9}
+
+
+def random_counts(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A (rows, bins) count matrix and baseline proportions, some tiny or zero, rows of n = 0 to 3000."""
+    bins = int(rng.integers(2, 16))
+    probs = rng.dirichlet(np.full(bins, rng.choice([0.3, 1.0, 5.0])))
+    probs[rng.uniform(size=bins) < 0.1] = 0.0
+    probs = probs / probs.sum() if probs.sum() > 0 else np.full(bins, 1 / bins)
+    n = rng.choice([0, 1, 4, 9, 30, 200, 1000, 3000, 20_000], int(rng.integers(1, 60)))
+    mix = rng.dirichlet(np.ones(bins), len(n)) * 0.3 + probs * 0.7
+    counts = np.array([rng.multinomial(k, p / p.sum()) for k, p in zip(n, mix, strict=True)]).reshape(len(n), bins)
+    return counts, probs
+
+
+def reference_merge(counts: np.ndarray, expected: np.ndarray, minimum: float) -> tuple[np.ndarray, np.ndarray]:
+    """The documented rule for one row, written as a plain loop: merged (observed, expected)."""
+    observed, merged, open_o, open_e = [], [], 0.0, 0.0
+    for o, e in zip(counts, expected, strict=True):
+        open_o, open_e = open_o + o, open_e + e
+        if open_e >= minimum:
+            observed.append(open_o)
+            merged.append(open_e)
+            open_o = open_e = 0.0
+    if not observed:
+        return np.array([open_o]), np.array([open_e])
+    observed[-1] += open_o
+    merged[-1] += open_e
+    return np.array(observed), np.array(merged)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_goodness_of_fit_matches_scipy_after_the_documented_merge(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    counts, probs = random_counts(rng)
+    phi = float(rng.choice([1.0, 2.5]))
+    g_fit = goodness_of_fit(counts, probs, dispersion=phi)
+    pearson = goodness_of_fit(counts, probs, dispersion=phi, statistic="pearson")
+    for i, row in enumerate(counts):
+        n = row.sum()
+        observed, expected = reference_merge(row, n * probs, 5.0)
+        df = len(observed) - 1
+        assert g_fit.df[i] == pearson.df[i] == df
+        if n >= 5:
+            assert (expected >= 5 - 1e-9).all()
+        if df == 0:
+            assert g_fit.p[i] == pearson.p[i] == 1.0 and not g_fit.tested[i]
+            assert g_fit.chi2[i] == pytest.approx(0.0, abs=1e-9) and g_fit.g[i] == pytest.approx(0.0, abs=1e-9)
+            continue
+        chi2 = stats.chisquare(observed, expected)
+        g = stats.power_divergence(observed, expected, lambda_="log-likelihood")
+        assert g_fit.chi2[i] == pytest.approx(chi2.statistic, **TOL)
+        assert g_fit.g[i] == pytest.approx(g.statistic, **TOL)
+        assert g_fit.p[i] == pytest.approx(stats.chi2.sf(g.statistic / phi, df), **TOL)
+        assert pearson.p[i] == pytest.approx(stats.chi2.sf(chi2.statistic / phi, df), **TOL)
+        if phi == 1.0:
+            assert g_fit.p[i] == pytest.approx(g.pvalue, **TOL)
+            assert pearson.p[i] == pytest.approx(chi2.pvalue, **TOL)
+
+
+def test_a_rows_test_does_not_depend_on_the_other_rows() -> None:
+    rng = np.random.default_rng(7)
+    probs = rng.dirichlet(np.ones(10))
+    counts = rng.multinomial(600, probs, size=5)
+    counts[1:] = rng.multinomial(40, probs, size=4)
+    alone = goodness_of_fit(counts[:1], probs)
+    together = goodness_of_fit(counts, probs)
+    assert alone.df[0] == together.df[0] and alone.p[0] == together.p[0]
+
+
+def test_empty_rows_are_untested_with_p_one() -> None:
+    fit = goodness_of_fit(np.zeros((3, 4)), [0.25, 0.25, 0.25, 0.25])
+    assert fit.p.tolist() == [1.0] * 3 and not fit.tested.any() and fit.chi2.tolist() == [0.0] * 3
+
+
+def test_goodness_of_fit_rejects_bad_input() -> None:
+    with pytest.raises(ValueError):
+        goodness_of_fit([1, 2, 3], [0.3, 0.3, 0.4])
+    with pytest.raises(ValueError):
+        goodness_of_fit([[1, 2]], [0.0, 0.0])
+    with pytest.raises(ValueError):
+        goodness_of_fit([[1, 2]], [0.5, 0.5], min_expected=0.0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_psi_and_js_distance_match_scipy(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    counts, probs = random_counts(rng)
+    got_psi, got_js = psi(counts, probs), js_distance(counts, probs)
+    bins = counts.shape[1]
+    e = (probs + 1e-4) / (1 + bins * 1e-4)
+    for i, row in enumerate(counts):
+        if row.sum() == 0:
+            assert np.isnan(got_psi[i]) and np.isnan(got_js[i])
+            continue
+        a = (row / row.sum() + 1e-4) / (1 + bins * 1e-4)
+        assert got_psi[i] == pytest.approx(stats.entropy(a, e) + stats.entropy(e, a), **TOL)
+        assert got_js[i] == pytest.approx(jensenshannon(row / row.sum(), probs, base=2), **TOL)
+    assert ((got_js[~np.isnan(got_js)] >= 0) & (got_js[~np.isnan(got_js)] <= 1)).all()
+
+
+def test_effect_sizes_accept_a_baseline_per_row() -> None:
+    counts = np.array([[10, 30], [25, 15]])
+    probs = np.array([[0.25, 0.75], [0.5, 0.5]])
+    assert psi(counts, probs)[0] == pytest.approx(0.0, abs=1e-12)
+    assert js_distance(counts, probs)[1] == pytest.approx(jensenshannon([25, 15], [0.5, 0.5], base=2), **TOL)
+
+
+def random_parts(rng: np.random.Generator, parts: int, channels: int) -> list[np.ndarray]:
+    """Raw samples of each part (samples, channels); some parts empty."""
+    sizes = rng.choice([0, 1, 2, 7, 60], parts)
+    return [rng.normal(rng.normal(0, 3, channels), rng.uniform(0.1, 2, channels), (k, channels)) for k in sizes]
+
+
+def moments(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the firmware sends per part: n, mean and Welford's population variance (NaN when empty)."""
+    empty = np.full(parts[0].shape[1], np.nan)
+    n = np.array([len(x) for x in parts], dtype=float)
+    mean = np.array([x.mean(axis=0) if len(x) else empty for x in parts])
+    var = np.array([x.var(axis=0) if len(x) else empty for x in parts])
+    return n, mean, var
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_pooling_by_group_is_exact(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    channels, groups = int(rng.integers(1, 4)), int(rng.integers(1, 6))
+    parts = random_parts(rng, int(rng.integers(1, 40)), channels)
+    label = rng.integers(0, groups, len(parts))
+    n, mean, var = moments(parts)
+    got = pool(n, mean, var, label, groups)
+    for g in range(groups):
+        raw = np.concatenate([parts[i] for i in np.flatnonzero(label == g)] + [np.zeros((0, channels))])
+        assert got.n[g].tolist() == [len(raw)] * channels
+        if len(raw) == 0:
+            assert np.isnan(got.mean[g]).all() and np.isnan(got.var[g]).all()
+            continue
+        np.testing.assert_allclose(got.mean[g], raw.mean(axis=0), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(got.var[g], raw.var(axis=0), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_pooling_along_an_axis_is_exact_and_nests(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    devices, windows = int(rng.integers(1, 8)), int(rng.integers(1, 12))
+    parts = random_parts(rng, devices * windows, 1)
+    n, mean, var = moments(parts)
+    by_device = pool_axis(n.reshape(devices, windows), mean.reshape(devices, windows), var.reshape(devices, windows))
+    for d in range(devices):
+        raw = np.concatenate(parts[d * windows : (d + 1) * windows])
+        assert by_device.n[d] == len(raw)
+        if len(raw):
+            assert by_device.mean[d] == pytest.approx(raw.mean(), **TOL)
+            assert by_device.var[d] == pytest.approx(raw.var(), **TOL)
+    fleet = pool(by_device.n, by_device.mean, by_device.var, np.zeros(devices, dtype=int))
+    direct = pool(n, mean[:, 0], var[:, 0], np.zeros(len(parts), dtype=int))
+    assert fleet.n[0] == direct.n[0]
+    if direct.n[0]:
+        assert fleet.mean[0] == pytest.approx(direct.mean[0], **TOL)
+        assert fleet.var[0] == pytest.approx(direct.var[0], **TOL)
+
+
+def test_pooling_is_stable_far_from_zero() -> None:
+    rng = np.random.default_rng(1)
+    parts = [1e6 + rng.normal(0, 1e-3, 50) for _ in range(20)]
+    got = pool_axis([50] * 20, [x.mean() for x in parts], [x.var() for x in parts])
+    assert got.var == pytest.approx(np.concatenate(parts).var(), rel=1e-6)
+
+
+def test_standardise_with_a_device_level() -> None:
+    rng = np.random.default_rng(2)
+    x, level = rng.normal(size=(30, 3)), rng.normal(size=(30, 3))
+    mu, sigma = rng.normal(size=3), rng.uniform(0.5, 2, 3)
+    np.testing.assert_allclose(standardise(x, mu, sigma, level), (x - level - mu) / sigma, rtol=1e-12)
+    np.testing.assert_allclose(standardise(x, mu, sigma), (x - mu) / sigma, rtol=1e-12)
+    x[0, 0] = np.nan
+    got = standardise(x, mu, [1.0, 0.0, 1.0])
+    assert np.isnan(got[0, 0]) and np.isnan(got[:, 1]).all()
+    assert log_variance([0.0, np.e]).tolist() == [np.log(1e-4), 1.0]
+
+
+def test_normal_p_values_match_scipy() -> None:
+    z = np.random.default_rng(3).normal(0, 3, 500)
+    np.testing.assert_allclose(one_sided_p(z), stats.norm.sf(z), rtol=1e-9, atol=1e-300)
+    np.testing.assert_allclose(two_sided_p(z), 2 * stats.norm.sf(np.abs(z)), rtol=1e-9, atol=1e-300)
+    assert np.isnan(two_sided_p([np.nan])[0]) and np.isnan(one_sided_p([np.nan])[0])
+
+
+def test_estimated_accuracy_is_the_calibrated_expectation_with_a_true_standard_error() -> None:
+    rng = np.random.default_rng(4)
+    hist = rng.integers(0, 60, (8, 10))
+    hist[0] = 0
+    acc = np.linspace(0.3, 0.98, 10)
+    got = estimated_accuracy(hist, acc)
+    assert np.isnan(got.accuracy[0]) and np.isnan(got.se[0])
+    for i in range(1, 8):
+        p = np.repeat(acc, hist[i])
+        assert got.accuracy[i] == pytest.approx(p.mean(), **TOL)
+        assert got.se[i] == pytest.approx(np.sqrt((p * (1 - p)).sum()) / len(p), **TOL)
+    right = rng.binomial(hist[1], acc, size=(20_000, 10)).sum(axis=1) / hist[1].sum()
+    assert right.mean() == pytest.approx(got.accuracy[1], abs=3 * got.se[1] / np.sqrt(20_000))
+    assert right.std() == pytest.approx(got.se[1], rel=0.03)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_anomaly_tests_are_beta_binomial(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = rng.integers(0, 3000, 80)
+    rate, c = float(rng.uniform(0.001, 0.2)), float(rng.choice([5.0, 150.0, np.inf]))
+    a = rng.binomial(n, rng.beta(rate * 50, (1 - rate) * 50, len(n)))
+    got_p, got_z = anomaly_p(a, n, rate, c), anomaly_z(a, n, rate, c)
+    for i in range(len(n)):
+        if n[i] == 0:
+            assert got_p[i] == 1.0 and np.isnan(got_z[i])
+            continue
+        model = stats.binom(n[i], rate) if np.isinf(c) else stats.betabinom(n[i], rate * c, (1 - rate) * c)
+        assert got_p[i] == pytest.approx(model.sf(a[i] - 1), rel=1e-9, abs=1e-300)
+        assert got_z[i] == pytest.approx((a[i] - model.mean()) / model.std(), **TOL)
+    assert anomaly_p([0, 2], [10, 10], 0.0, np.inf).tolist() == [1.0, 0.0]
+
+
+def test_poisson_tail_matches_scipy() -> None:
+    rng = np.random.default_rng(6)
+    count, expected = rng.integers(0, 15, 300), rng.uniform(0, 6, 300)
+    np.testing.assert_allclose(poisson_p(count, expected), stats.poisson.sf(count - 1, expected), rtol=1e-9)
+
+
+def test_docstring_examples() -> None:
+    assert doctest.testmod(kernels, raise_on_error=False).failed == 0
