@@ -1,24 +1,31 @@
-"""Two-sided CUSUM over successive windows, for every device at once, with a threshold from a budget.
+"""Two-sided CUSUM on standardised window scores, for every stream (device, cohort) at once.
 
-Each device's window scores z_t (standardised: mean 0, sd 1 while nothing is wrong) feed
+Each stream's window scores z_t (mean 0, sd 1 while nothing is wrong) feed
 
     S+_t = max(0, S+_{t-1} + z_t - k)        S-_t = max(0, S-_{t-1} - z_t - k)
 
-and the device alarms when S+ or S- exceeds h; then both restart at 0. k = delta / 2 tunes the detector
-for a shift of delta sd. The threshold h comes from a false-alarm budget: the in-control average run
-length ARL0 (expected windows between false alarms of one device). With Siegmund's approximation of a
-one-sided CUSUM's ARL for a mean mu (Delta = mu - k, b = h + 1.166):
+and the stream alarms when S+ or S- exceeds h; then both restart at 0. The reference value k = delta / 2
+tunes the detector for a shift of delta sd: scores below k drain the sums, a sustained shift of delta
+fills one of them by about delta / 2 a window.
+
+The threshold h comes from a false-alarm budget: the in-control average run length ARL0 (expected
+windows between false alarms of one stream). With Siegmund's approximation of the ARL of a one-sided
+CUSUM when the scores have mean mu (Delta = mu - k, b = h + 1.166):
 
     ARL(mu) = (exp(-2 Delta b) + 2 Delta b - 1) / (2 Delta^2)        (b^2 when Delta = 0)
 
-and the two sides combined as 1/ARL = 1/ARL+ + 1/ARL-, `threshold(arl0, delta)` solves ARL(0) = arl0
-for h, and `detection_delay(h, delta, shift)` is ARL(shift): the expected windows to detect a shift.
+and the two sides combined as 1 / ARL = 1 / ARL+(mu) + 1 / ARL-(mu) (the lower side sees mean -mu),
+`threshold(arl0, delta)` solves ARL(0) = arl0 for h, and `detection_delay(h, delta, shift)` is ARL(shift):
+the expected windows from a shift to its alarm, counted from a fresh start.
 
 >>> h = threshold(24_000, 1.0)
 >>> round(h, 2), round(detection_delay(h, 1.0, 1.0), 1)
 (8.92, 18.2)
+>>> step = cusum_step(CusumState.zeros(2), np.array([12.0, np.nan]), delta=1.0, h=h)
+>>> step.alarm.tolist(), step.state.upper.tolist()
+([True, False], [0.0, 0.0])
 
-A window with no score (NaN: the device sent nothing, or was idle) leaves its state unchanged.
+A score of NaN (the device sent nothing, or was idle) leaves that stream's state unchanged.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.optimize import brentq
 
+#: Siegmund's correction of the threshold for the overshoot of a normal CUSUM (b = h + 1.166).
 SIEGMUND_CORRECTION = 1.166
 
 
@@ -35,42 +44,72 @@ def _one_sided_arl(h: float, drift: float) -> float:
     b = h + SIEGMUND_CORRECTION
     if abs(drift) < 1e-12:
         return b * b
-    return (np.exp(-2 * drift * b) + 2 * drift * b - 1) / (2 * drift * drift)
+    return float((np.exp(-2 * drift * b) + 2 * drift * b - 1) / (2 * drift * drift))
 
 
 def average_run_length(h: float, delta: float, shift: float = 0.0) -> float:
-    """Two-sided ARL for a mean `shift` (sd units) of a CUSUM with k = delta / 2 and threshold h."""
+    """Two-sided ARL (Siegmund) of a CUSUM with k = delta / 2 and threshold h, scores of mean `shift`.
+
+    >>> round(average_run_length(8.92, 1.0))
+    23993
+    """
     k = delta / 2
     return 1.0 / (1.0 / _one_sided_arl(h, shift - k) + 1.0 / _one_sided_arl(h, -shift - k))
 
 
 def threshold(arl0: float, delta: float) -> float:
-    """h such that the two-sided in-control ARL is `arl0` windows."""
-    return float(brentq(lambda h: average_run_length(h, delta) - arl0, 1e-6, 200.0, xtol=1e-10))
+    """The h whose two-sided in-control ARL is `arl0` windows, for a CUSUM tuned to a `delta`-sd shift.
+
+    >>> round(threshold(400, 1.0), 3)
+    4.843
+    """
+    if delta <= 0:
+        raise ValueError("delta must be positive")
+    if arl0 <= average_run_length(0.0, delta):
+        raise ValueError(f"arl0 must exceed {average_run_length(0.0, delta):.3g} windows (h = 0)")
+    upper = 1.0
+    while average_run_length(upper, delta) < arl0:
+        upper *= 2
+    return float(brentq(lambda h: average_run_length(h, delta) - arl0, 0.0, upper, xtol=1e-12))
 
 
 def detection_delay(h: float, delta: float, shift: float) -> float:
-    """Expected windows from a `shift`-sd change to the alarm (the ARL under that shift)."""
-    return float(average_run_length(h, delta, shift))
+    """Expected windows from a `shift`-sd change to the alarm (the ARL under that shift, from S = 0).
+
+    >>> round(detection_delay(threshold(24_000, 1.0), 1.0, 2.0), 1)
+    6.5
+    """
+    return average_run_length(h, delta, shift)
 
 
 @dataclass(frozen=True)
 class CusumState:
-    """The CUSUM sums of n streams (devices, cohorts...), carried from one window to the next."""
+    """The sums of every stream, carried from one window to the next (any array shape, one per stream).
+
+    `run` counts the windows since both sums were last zero (or since the last alarm).
+    """
 
     upper: np.ndarray
     lower: np.ndarray
     run: np.ndarray
 
     @classmethod
-    def zeros(cls, n: int) -> CusumState:
-        return cls(np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64))
+    def zeros(cls, shape: int | tuple[int, ...]) -> CusumState:
+        """A fresh state (all sums 0) for `shape` streams."""
+        return cls(np.zeros(shape), np.zeros(shape), np.zeros(shape, dtype=np.int64))
 
 
 @dataclass(frozen=True)
 class CusumStep:
-    """After one window: the new state, who alarmed, and the statistic (max of the two sums before
-    reset), the side (+1 up, -1 down) and the mean score over the run that led to it (the effect)."""
+    """One window's outcome for every stream.
+
+    - `state`: the new state (sums reset to 0 where an alarm was raised);
+    - `alarm`: the statistic exceeded h;
+    - `statistic`: max(S+, S-) before the reset;
+    - `side`: +1 when S+ is the larger (a shift up), -1 otherwise;
+    - `run_mean`: the mean score over the run that led here, S+ / run + k (or -(S- / run + k)), the
+      effect estimate; exact when only that side was positive during the run.
+    """
 
     state: CusumState
     alarm: np.ndarray
@@ -79,21 +118,47 @@ class CusumStep:
     run_mean: np.ndarray
 
 
-def cusum_step(state: CusumState, z: np.ndarray, delta: float, h: float) -> CusumStep:
-    """Feed one window of scores (NaN = no data, state kept) to every stream at once."""
+def cusum_step(state: CusumState, z: ArrayLike, delta: float, h: float) -> CusumStep:
+    """Feed one window of scores (same shape as the state; NaN = no data, state kept) to every stream."""
     k = delta / 2
     z = np.asarray(z, dtype=float)
     seen = ~np.isnan(z)
-    zz = np.where(seen, z, 0.0)
-    upper = np.where(seen, np.maximum(0.0, state.upper + zz - k), state.upper)
-    lower = np.where(seen, np.maximum(0.0, state.lower - zz - k), state.lower)
+    score = np.where(seen, z, 0.0)
+    upper = np.where(seen, np.maximum(0.0, state.upper + score - k), state.upper)
+    lower = np.where(seen, np.maximum(0.0, state.lower - score - k), state.lower)
     active = (upper > 0) | (lower > 0)
     run = np.where(seen, np.where(active, state.run + 1, 0), state.run)
     statistic = np.maximum(upper, lower)
     side = np.where(upper >= lower, 1, -1)
-    run_mean = np.where(
-        run > 0, np.where(side > 0, upper / np.maximum(run, 1) + k, -(lower / np.maximum(run, 1) + k)), 0.0
-    )
+    length = np.maximum(run, 1)
+    run_mean = np.where(run > 0, np.where(side > 0, upper / length + k, -(lower / length + k)), 0.0)
     alarm = statistic > h
     new = CusumState(np.where(alarm, 0.0, upper), np.where(alarm, 0.0, lower), np.where(alarm, 0, run))
     return CusumStep(new, alarm, statistic, side, run_mean)
+
+
+@dataclass(frozen=True)
+class CusumRun:
+    """Several windows' outcome: the final state, and per window (last axis) the alarms and statistics."""
+
+    state: CusumState
+    alarm: np.ndarray
+    statistic: np.ndarray
+
+
+def cusum_run(state: CusumState, z: ArrayLike, delta: float, h: float) -> CusumRun:
+    """Feed windows of scores shaped (streams..., windows), oldest first: `cusum_step` window by window.
+
+    >>> out = cusum_run(CusumState.zeros(1), np.full((1, 30), 1.0), delta=1.0, h=8.92)
+    >>> int(np.argmax(out.alarm[0])) + 1                # a noiseless 1-sd shift: 0.5 a window
+    18
+    """
+    z = np.asarray(z, dtype=float)
+    alarm = np.zeros(z.shape, dtype=bool)
+    statistic = np.zeros(z.shape)
+    for t in range(z.shape[-1]):
+        step = cusum_step(state, z[..., t], delta, h)
+        state = step.state
+        alarm[..., t] = step.alarm
+        statistic[..., t] = step.statistic
+    return CusumRun(state, alarm, statistic)
