@@ -389,6 +389,12 @@ def test_push_reports_grafana_refusals(grafana: tuple[Grafana, str], venv_python
     refused = run_push(venv_python, url, *PUSH_ARGS, token="wrong")
     assert refused.returncode == 1 and "Grafana answered 401" in refused.stderr
     assert not state.datasources
+    asked_before = len(state.requests)
+    no_source = run_push(venv_python, url, "--webhook-url", WEBHOOK)
+    assert no_source.returncode == 1 and "Grafana answered 400" in no_source.stderr
+    assert "invalid alert rule: data source fleetwatch-influxdb not found" in no_source.stderr
+    assert not state.datasources
+    assert not any(r.path.startswith("/api/datasources") for r in state.requests[asked_before:])
     unreachable = run_push(venv_python, "http://127.0.0.1:9", *PUSH_ARGS)
     assert unreachable.returncode == 1 and "cannot reach Grafana" in unreachable.stderr
 

@@ -34,10 +34,11 @@ def build(out: Path) -> None:
 @click.option("--folder", default="fleetwatch", show_default=True, help="Folder title for dashboards and alert rules.")
 @click.option(
     "--datasource-url",
-    required=True,
+    default=None,
     envvar="FLEETWATCH_STORE__URL",
     help="The InfluxDB store URL as Grafana should reach it: influxdb://[user:password@]host:port/db[?token=] "
-    "(env FLEETWATCH_STORE__URL). A token makes it the 2.x/3.x variant (DBRP-mapped database).",
+    "(env FLEETWATCH_STORE__URL). A token makes it the 2.x/3.x variant (DBRP-mapped database). Without it the "
+    "data source is left as it is (provisioned from a file, say).",
 )
 @click.option(
     "--webhook-url",
@@ -51,7 +52,7 @@ def push(
     url: str,
     token: str | None,
     folder: str,
-    datasource_url: str,
+    datasource_url: str | None,
     webhook_url: str | None,
     with_policy: bool,
     timeout: float,
@@ -62,7 +63,7 @@ def push(
     from fleetwatch.grafana.push import push as push_all
 
     try:
-        datasource = datasource_from_store_url(datasource_url)
+        datasource = datasource_from_store_url(datasource_url) if datasource_url else None
         done = push_all(PushTarget(url, token, folder, timeout), datasource, webhook_url, with_policy)
     except (PushError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -317,10 +317,11 @@ def timeseries(
     return Panel("timeseries", title, tuple(queries), custom=custom, options=options, **settings)
 
 
-def stat(title: str, queries: Sequence[Query], **settings: Any) -> Panel:
-    """A stat panel showing the last non-null value of each series (strings too)."""
+def stat(title: str, queries: Sequence[Query], *, fields: str = "", **settings: Any) -> Panel:
+    """A stat panel showing the last non-null value of each numeric series; `fields` (a /regex/) picks
+    other fields, e.g. a string field."""
     options = {
-        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "/.*/", "values": False},
+        "reduceOptions": {"calcs": ["lastNotNull"], "fields": fields, "values": False},
         "colorMode": "value",
         "graphMode": "none",
         "justifyMode": "auto",

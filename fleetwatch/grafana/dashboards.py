@@ -243,7 +243,7 @@ def fleet_overview() -> Dashboard:
             table(
                 "Stale devices",
                 [Query(stale_rows)],
-                sort_by="silent_for",
+                sort_by="silent for",
                 width=12,
                 overrides=(
                     Override("device", {"links": [DEVICE_LINK.to_json()]}),
@@ -794,6 +794,7 @@ def rollouts() -> Dashboard:
             stat(
                 "Latest verdict",
                 [Query(select('last("verdict") AS "verdict"', ROLLOUT, TIME_FILTER, ROLLOUT_ID), alias="verdict")],
+                fields="/^verdict$/",
                 width=6,
                 mappings=(VERDICT_COLORS,),
                 color={"mode": "fixed", "fixedColor": "text"},

@@ -62,11 +62,14 @@ def folder_uid(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:40] or "fleetwatch"
 
 
-def push(target: PushTarget, datasource: Json, webhook_url: str | None = None, policy: bool = False) -> list[str]:
+def push(
+    target: PushTarget, datasource: Json | None, webhook_url: str | None = None, policy: bool = False
+) -> list[str]:
     """Create or update everything; returns one line per object ("created ..." / "updated ...").
 
-    `webhook_url` adds the webhook contact point; `policy` also replaces the org's notification policy tree
-    with one that routes every alert to it.
+    Without `datasource` the data source is left as it is (e.g. provisioned from a file; the alert rules
+    need it to exist). `webhook_url` adds the webhook contact point; `policy` also replaces the org's
+    notification policy tree with one that routes every alert to it.
     """
     try:
         from grafana_client import GrafanaApi
@@ -95,14 +98,15 @@ def push(target: PushTarget, datasource: Json, webhook_url: str | None = None, p
     uid = folder_uid(target.folder)
     done: list[str] = []
     try:
-        done.append(
-            upsert(
-                f"data source {DATASOURCE_UID}",
-                exists(lambda: api.datasource.get_datasource_by_uid(DATASOURCE_UID)),
-                lambda: api.datasource.create_datasource(datasource),
-                lambda: api.datasource.update_datasource_by_uid(DATASOURCE_UID, datasource),
+        if datasource is not None:
+            done.append(
+                upsert(
+                    f"data source {DATASOURCE_UID}",
+                    exists(lambda: api.datasource.get_datasource_by_uid(DATASOURCE_UID)),
+                    lambda: api.datasource.create_datasource(datasource),
+                    lambda: api.datasource.update_datasource_by_uid(DATASOURCE_UID, datasource),
+                )
             )
-        )
         done.append(
             upsert(
                 f"folder {uid}",
