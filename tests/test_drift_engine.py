@@ -16,6 +16,7 @@ import pytest
 from fleetwatch.baselines import Baseline, BaselineStore, fit_reference, fit_training
 from fleetwatch.drift.engine import DriftSettings, EngineState, evaluate
 from fleetwatch.drift.scopes import cohort_masks, read_inventory
+from fleetwatch.drift.sequential import CusumState
 from fleetwatch.frames import Registry, decode_messages, format_fw_version
 from fleetwatch.simulate import Change, FleetSpec, Target, inventory_csv, simulate, training_windows
 from fleetwatch.sinks import open_store
@@ -171,3 +172,20 @@ def test_cli_fit_and_backtest_print_alert_events(tmp_path: Path) -> None:
     hits = {e["key"] for e in events if e["scope"] == "device" and e["signal"] == "anomaly_rate"}
     assert hits == {"dev-00003", "dev-00004", "dev-00005"}
     assert all(e["at"] > split + 5 * 3600 for e in events)
+
+
+def test_state_keeps_sums_open_findings_and_hot_devices_across_a_restart() -> None:
+    keys = np.array(["dev-b", "dev-a", "dev-c"])
+    sums = CusumState(np.array([1.5, 0.0, 0.25]), np.array([0.0, 0.0, 2.0]), np.array([3, 0, 1]))
+    state = EngineState(open=frozenset({("device", "dev-b", "input_mean_0")}), hot=frozenset({("memory", "dev-c")}))
+    state = state.with_sums("input_mean_0", keys, sums)
+    state = state.with_sums("input_mean_0", np.array(["dev-c"]), CusumState(np.zeros(1), np.zeros(1), np.zeros(1, int)))
+    assert state.cusum["input_mean_0"].keys.tolist() == ["dev-b"]  # at rest (0, 0) is left out
+    back = EngineState.from_json(json.loads(json.dumps(state.to_json())))
+    got = back.sums("input_mean_0", np.array(["dev-a", "dev-b", "dev-x"]))
+    assert got.upper.tolist() == [0.0, 1.5, 0.0] and got.run.tolist() == [0, 3, 0]
+    assert back.open == state.open and back.hot == state.hot
+    assert back.open_keys("device", "input_mean_0").tolist() == ["dev-b"]
+    assert back.hot_devices("memory").tolist() == ["dev-c"]
+    legacy = EngineState.from_json({"cusum": {"input_var_1": {"dev-q": [0.5, 0.0, 2]}}, "open": []})
+    assert legacy.sums("input_var_1", np.array(["dev-q"])).upper.tolist() == [0.5]

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from fleetwatch.keyindex import positions
 
 #: The period of the daily profile fitted per device.
 DAY_S = 86_400
@@ -79,18 +82,21 @@ class Baseline:
 
         A known device's expectation is its own daily profile: level + a sin(w t) + b cos(w t), w = 2 pi /
         1 day (the first harmonic of its reference period); an unknown device gets the fleet level."""
-        channels = len(self.channels)
-        fleet = np.array([c.window_mean.mean for c in self.channels])
-        levels = np.tile(fleet, (len(devices), 1))
-        known = np.zeros(len(devices), dtype=bool)
+        keys, profiles = self._profiles
+        index, known = positions(keys, np.asarray(devices, dtype=object).astype(str))
+        fleet = np.tile([c.window_mean.mean for c in self.channels], (len(known), 1))
+        if not len(keys):
+            return fleet, known
         phase = 2 * np.pi * (t % DAY_S) / DAY_S
-        basis = np.array([1.0, np.sin(phase), np.cos(phase)])
-        for i, device in enumerate(np.asarray(devices, dtype=object).tolist()):
-            profile = self.device_levels.get(device)
-            if profile is not None:
-                levels[i] = np.asarray(profile).reshape(channels, 3) @ basis
-                known[i] = True
-        return levels, known
+        own = profiles[index] @ np.array([1.0, np.sin(phase), np.cos(phase)])
+        return np.where(known[:, None], own, fleet), known
+
+    @cached_property
+    def _profiles(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted device ids, their profiles shaped (devices, channels, 3)), for `levels_for`."""
+        keys = np.array(sorted(self.device_levels), dtype=str)
+        profiles = np.array([self.device_levels[k] for k in keys.tolist()], dtype=float)
+        return keys, profiles.reshape(len(keys), len(self.channels), 3)
 
     def accuracy_map(self) -> np.ndarray:
         """Accuracy per confidence bin: the fitted calibration, or the bin midpoints (perfect calibration)."""

@@ -48,6 +48,7 @@ from fleetwatch.drift.stats import (
     two_sided_p,
 )
 from fleetwatch.findings import Finding
+from fleetwatch.keyindex import contains, positions
 
 CHANNELS = 3
 
@@ -88,40 +89,74 @@ class DriftSettings:
 SEQUENTIAL = tuple(f"input_mean_{c}" for c in range(CHANNELS)) + tuple(f"input_var_{c}" for c in range(CHANNELS))
 
 
+@dataclass(frozen=True, eq=False)
+class SumTable:
+    """The CUSUM sums of one signal: keys (device ids or cohort names) sorted, beside rows of (upper,
+    lower, run). Keys whose sums are back at (0, 0) are left out."""
+
+    keys: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))
+    rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+
+    def get(self, keys: np.ndarray) -> np.ndarray:
+        """Rows (upper, lower, run) for `keys`, zeros for keys not in the table."""
+        index, found = positions(self.keys, keys)
+        out = np.zeros((len(found), 3))
+        out[found] = self.rows[index[found]]
+        return out
+
+    def put(self, keys: np.ndarray, rows: np.ndarray) -> SumTable:
+        """A table with `keys` set to `rows` (at most one row per key)."""
+        keys = np.asarray(keys, dtype=str)
+        kept = ~contains(keys, self.keys)
+        moving = (rows[:, 0] != 0) | (rows[:, 1] != 0)
+        all_keys = np.concatenate([self.keys[kept], keys[moving]])
+        order = np.argsort(all_keys, kind="stable")
+        return SumTable(all_keys[order], np.concatenate([self.rows[kept], rows[moving]])[order])
+
+    def to_json(self) -> dict[str, list]:
+        return {"keys": self.keys.tolist(), "rows": self.rows.tolist()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> SumTable:
+        if "keys" not in data or "rows" not in data:  # before 0.1: {key: [upper, lower, run]}
+            data = {"keys": list(data), "rows": list(data.values())}
+        return cls().put(np.array(data["keys"], dtype=str), np.array(data["rows"], dtype=float).reshape(-1, 3))
+
+
 @dataclass(frozen=True)
 class EngineState:
-    """Carried from window to window: CUSUM sums by (scope key, signal) and the open findings."""
+    """Carried from window to window: CUSUM sums by signal, the open findings, and the (signal, device)
+    pairs whose snapshot test was significant in the last window ("hot")."""
 
-    cusum: Mapping[str, Mapping[str, tuple[float, float, int]]] = field(default_factory=dict)
+    cusum: Mapping[str, SumTable] = field(default_factory=dict)
     open: frozenset[tuple[str, str, str]] = frozenset()
     hot: frozenset[tuple[str, str]] = frozenset()
 
     def sums(self, signal: str, keys: np.ndarray) -> CusumState:
-        table = self.cusum.get(signal, {})
-        rows = [table.get(k, (0.0, 0.0, 0)) for k in keys.tolist()]
-        arr = np.array(rows, dtype=float).reshape(len(rows), 3)
-        return CusumState(arr[:, 0], arr[:, 1], arr[:, 2].astype(np.int64))
+        rows = self.cusum.get(signal, SumTable()).get(keys)
+        return CusumState(rows[:, 0], rows[:, 1], rows[:, 2].astype(np.int64))
 
     def with_sums(self, signal: str, keys: np.ndarray, state: CusumState) -> EngineState:
-        table = dict(self.cusum.get(signal, {}))
-        for k, u, lo, r in zip(
-            keys.tolist(), state.upper.tolist(), state.lower.tolist(), state.run.tolist(), strict=True
-        ):
-            if u == 0 and lo == 0:
-                table.pop(k, None)
-            else:
-                table[k] = (u, lo, r)
-        return replace(self, cusum={**self.cusum, signal: table})
+        rows = np.column_stack([state.upper, state.lower, state.run.astype(float)])
+        return replace(self, cusum={**self.cusum, signal: self.cusum.get(signal, SumTable()).put(keys, rows)})
+
+    def open_keys(self, scope: str, signal: str) -> np.ndarray:
+        """The keys of `scope` with an open finding of `signal`."""
+        return np.array([k for s, k, g in self.open if s == scope and g == signal], dtype=str)
+
+    def hot_devices(self, signal: str) -> np.ndarray:
+        return np.array([d for g, d in self.hot if g == signal], dtype=str)
 
     def to_json(self) -> dict:
         return {
-            "cusum": {s: {k: list(v) for k, v in t.items()} for s, t in self.cusum.items()},
+            "cusum": {s: t.to_json() for s, t in self.cusum.items()},
             "open": sorted(list(x) for x in self.open),
+            "hot": sorted(list(x) for x in self.hot),
         }
 
     @classmethod
     def from_json(cls, data: dict) -> EngineState:
-        cusum = {s: {k: (float(v[0]), float(v[1]), int(v[2])) for k, v in t.items()} for s, t in data["cusum"].items()}
+        cusum = {s: SumTable.from_json(t) for s, t in data["cusum"].items()}
         return cls(cusum, frozenset(tuple(x) for x in data["open"]), frozenset(tuple(x) for x in data.get("hot", [])))
 
 
@@ -249,7 +284,7 @@ def evaluate(
                 q = bh_qvalues(p)
                 effect, statistic = scores.effect[signal], zs
                 now = (np.nan_to_num(q, nan=1.0) <= settings.q_max) & (np.abs(np.nan_to_num(effect)) >= minimum)
-                before = np.array([(signal, d) in state.hot for d in devices[rows].tolist()], dtype=bool)
+                before = contains(state.hot_devices(signal), devices[rows])
                 hot_now |= {(signal, d) for d in devices[rows][now].tolist()}
                 significant = now & before
             severity = _severity(significant, effect, minimum, settings.critical_factor)
@@ -267,7 +302,7 @@ def evaluate(
                 at,
                 window_s,
                 int(model),
-                state.open,
+                state,
             )
     group_findings, state = _group_findings(cohorts, devices, stouffer_z, alarms, state, settings, at, window_s)
     findings += group_findings
@@ -290,13 +325,11 @@ def _device_findings(
     at: int,
     window_s: int,
     model_id: int,
-    was_open: frozenset[tuple[str, str, str]],
+    state: EngineState,
 ) -> list[Finding]:
     """Findings for devices that alarm, and "ok" for devices whose open finding cleared."""
     out = []
-    for i in np.flatnonzero(
-        (severity != "ok") | np.array([("device", d, signal) in was_open for d in devices.tolist()])
-    ):
+    for i in np.flatnonzero((severity != "ok") | contains(state.open_keys("device", signal), devices)):
         out.append(
             Finding(
                 scope="device",
