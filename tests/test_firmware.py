@@ -126,7 +126,6 @@ def test_c_packer_reencodes_golden_vectors_byte_identical(make_test_output: str)
     assert next(packed, None) is None
 
 
-
 def test_c_snippet_packer_decodes_in_python_to_the_same_values(make_test_output: str) -> None:
     """fw_snippet_pack (the device's fws_pack) packs snippets; the server's decoder reads back every header
     field and every float32 sample bit for bit, and the Python encoder writes the same bytes."""
@@ -155,6 +154,7 @@ def test_c_snippet_packer_decodes_in_python_to_the_same_values(make_test_output:
             reason,
         )
         assert data == encode_snippet(samples, interval_ms=interval, start_time=start, reason=reason, model_id=model)
+
 
 @dataclass
 class Window:
