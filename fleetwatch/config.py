@@ -303,6 +303,9 @@ class SnippetsConfig(Section):
     request_on_alert: bool = Field(
         False, description="New or escalated drift requests snippets from the drifted devices automatically."
     )
+    request_max_devices: int = Field(
+        100, ge=1, description="At most this many devices are asked per drift notification."
+    )
 
     @field_validator("topic")
     @classmethod

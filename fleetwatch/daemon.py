@@ -32,7 +32,7 @@ from fleetwatch.scheduler import Jobs, Lease
 from fleetwatch.sinks import open_store
 from fleetwatch.sinks.base import SinkUnavailable, Store
 from fleetwatch.snippets.ingest import SnippetIngest
-from fleetwatch.snippets.store import SnippetStore
+from fleetwatch.snippets.store import store_from_settings
 from fleetwatch.sources.mqtt import MqttSource
 from fleetwatch.spool import Spool
 from fleetwatch.state import StateDB
@@ -60,11 +60,9 @@ def build_snippet_ingest(
     settings: Settings, db: StateDB, quarantine: Quarantine, metrics: Metrics
 ) -> SnippetIngest | None:
     """Snippet ingest into the configured dataset, or None when snippets are off."""
-    config = settings.snippets
-    if not config.enabled:
+    if not settings.snippets.enabled:
         return None
-    store = SnippetStore(db, settings.snippets_dir, config.max_bytes, config.max_age_days)
-    return SnippetIngest(store, quarantine, metrics)
+    return SnippetIngest(store_from_settings(settings, db), quarantine, metrics)
 
 
 def snippet_mqtt_config(settings: Settings) -> MqttConfig:

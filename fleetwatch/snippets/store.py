@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleetwatch.config import Settings
 from fleetwatch.frames.snippet import Snippet, decode_snippet
 from fleetwatch.state import Migration, StateDB
 
@@ -249,3 +250,9 @@ def _write_durably(path: Path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def store_from_settings(settings: Settings, db: StateDB) -> SnippetStore:
+    """The dataset the configuration describes (`snippets.dir`, `max_bytes`, `max_age_days`)."""
+    config = settings.snippets
+    return SnippetStore(db, settings.snippets_dir, config.max_bytes, config.max_age_days)
