@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import paho.mqtt.publish as mqtt_publish
 import pytest
 import requests
 from test_ingest_http import SECRET, event, frames, stored, url
+from test_ingest_mqtt import wait_for
 
 from fleetwatch.config import Settings
 from fleetwatch.daemon import Daemon
@@ -177,15 +177,6 @@ def test_snippets_disabled_is_404_and_the_notefile_is_telemetry_again(tmp_path: 
         assert d.snippets is None
     finally:
         d.stop()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_mqtt_snippets_are_stored_and_malformed_ones_quarantined(mosquitto: Mosquitto, tmp_path: Path) -> None:
