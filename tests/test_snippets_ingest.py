@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,13 +18,16 @@ import numpy as np
 import paho.mqtt.publish as mqtt_publish
 import pytest
 import requests
+from click.testing import CliRunner
 from test_ingest_http import SECRET, event, frames, stored, url
 from test_ingest_mqtt import wait_for
 
+from fleetwatch.cli import main
 from fleetwatch.config import Settings
 from fleetwatch.daemon import Daemon
 from fleetwatch.frames.snippet import encode_snippet
 from fleetwatch.localservers import Mosquitto
+from fleetwatch.quarantine import Quarantine
 from fleetwatch.snippets.store import Query, SnippetStore
 from fleetwatch.state import StateDB
 
@@ -240,3 +244,23 @@ def test_store_query_filters_and_device_names_are_safe_paths(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="bad_crc"):
         store.add(corrupted(snippet()), "dev", START, "mqtt")
     assert base64.b64encode(store.read(a)) == base64.b64encode(snippet(seed=1, start=START))
+
+
+def test_quarantine_replay_sends_snippet_entries_to_the_dataset(tmp_path: Path) -> None:
+    """`fleetwatch quarantine replay` decodes snippet entries as snippets, not as frames."""
+    path = tmp_path / "fleetwatch.toml"
+    path.write_text(f'data_dir = "{tmp_path}"\n')
+    quarantine = Quarantine(StateDB(tmp_path / "state.db"))
+    good, bad = snippet(seed=11), corrupted(snippet(seed=12))
+    quarantine.add_raw(
+        [
+            (START, "dev-1", "mqtt", "snippet:internal_error", 0, good),
+            (START, "dev-2", "mqtt", "snippet:truncated", 0, bad),
+        ]
+    )
+    result = CliRunner().invoke(main, ["quarantine", "replay", "--all", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"replayed": 1, "still_rejected": 1, "reasons": ["snippet:bad_crc"]}
+    assert [(e.device, e.reason) for e in quarantine.list()] == [("dev-2", "snippet:bad_crc")]
+    [record] = SnippetStore(StateDB(tmp_path / "state.db"), tmp_path / "snippets").query()
+    assert (record.device, record.checksum) == ("dev-1", hashlib.sha256(good).hexdigest())

@@ -101,13 +101,16 @@ def show(entry_id: int, config_path: Path | None) -> None:
 @click.option("--all", "replay_all", is_flag=True, help="Replay every entry.")
 @config_option
 def replay(reason: str | None, ids: tuple[int, ...], replay_all: bool, config_path: Path | None) -> None:
-    """Decode entries again with today's schemas and store the ones that are now valid."""
+    """Decode entries again with today's schemas and store the ones that are now valid (snippet entries,
+    reason `snippet:...`, go to the snippet dataset)."""
     if not (reason or ids or replay_all):
         raise click.UsageError("say which entries: --reason R, --id N or --all")
     from fleetwatch.daemon import build_pipeline
     from fleetwatch.metrics import Metrics
     from fleetwatch.sinks import open_store
     from fleetwatch.sinks.base import SinkUnavailable
+    from fleetwatch.snippets.ingest import QUARANTINE_PREFIX, SnippetIngest
+    from fleetwatch.snippets.store import store_from_settings
 
     settings = settings_from(config_path)
     db = StateDB(settings.state_path)
@@ -115,12 +118,19 @@ def replay(reason: str | None, ids: tuple[int, ...], replay_all: bool, config_pa
     pipeline = build_pipeline(settings, db, store, Metrics())
     quarantine = pipeline.quarantine
     entries = [e for i in ids if (e := quarantine.get(i))] if ids else quarantine.list(reason=reason, limit=10**9)
+    snippets = [e for e in entries if e.reason.startswith(QUARANTINE_PREFIX)]
+    frames = [e for e in entries if not e.reason.startswith(QUARANTINE_PREFIX)]
     try:
-        stored, still_bad = pipeline.replay_quarantined(entries)
+        stored, still_bad = pipeline.replay_quarantined(frames)
     except SinkUnavailable as exc:
         raise click.ClickException(f"store unavailable ({exc}); nothing was removed, try again later") from None
     finally:
         store.close()
+    if snippets:
+        ingest = SnippetIngest(store_from_settings(settings, db), quarantine, pipeline.metrics)
+        snippets_stored, snippets_bad = ingest.replay(snippets)
+        stored += snippets_stored
+        still_bad |= snippets_bad
     click.echo(
         json.dumps(
             {"replayed": len(stored), "still_rejected": len(still_bad), "reasons": sorted(set(still_bad.values()))}

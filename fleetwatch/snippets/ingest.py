@@ -11,12 +11,13 @@ fsync'd and index committed, or quarantine committed), so an MQTT ack or an HTTP
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fleetwatch.frames.snippet import Snippet, decode_snippet
 from fleetwatch.metrics import Metrics
 from fleetwatch.pipeline import Message
-from fleetwatch.quarantine import Quarantine
+from fleetwatch.quarantine import Entry, Quarantine
 from fleetwatch.snippets.store import Record, SnippetStore
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,25 @@ class SnippetIngest:
         if pruned:
             self.metrics.snippets_pruned.inc(pruned)
         return Outcome("stored", record)
+
+    def replay(self, entries: Sequence[Entry]) -> tuple[list[int], dict[int, str]]:
+        """Decode quarantined snippets again (after a fix) and store those that are now valid.
+
+        Returns the ids stored (and removed from quarantine) and, for the others, their reason now (the
+        entry keeps it)."""
+        stored: list[int] = []
+        still_bad: dict[int, str] = {}
+        for entry in entries:
+            result = decode_snippet(entry.raw, entry.received)
+            if isinstance(result, Snippet):
+                self.store.add(entry.raw, entry.device, entry.received, entry.transport)
+                self.quarantine.remove([entry.id])
+                stored.append(entry.id)
+                continue
+            still_bad[entry.id] = QUARANTINE_PREFIX + result.reason
+            if still_bad[entry.id] != entry.reason:
+                self.quarantine.set_reason(entry.id, still_bad[entry.id])
+        return stored, still_bad
 
     def submit(self, message: Message, timeout: float | None = None) -> None:
         """The MQTT source's callback: handle the message, then acknowledge it."""
