@@ -143,6 +143,13 @@ def check_device_topic(value: str) -> str:
     return value
 
 
+def check_command_topic(value: str) -> str:
+    """A topic template to one device: exactly one `{device}` placeholder, no wildcards."""
+    if value.count("{device}") != 1 or "+" in value or "#" in value:
+        raise ValueError(f"expected one {{device}} placeholder and no wildcards, got {value!r}")
+    return value
+
+
 class HttpConfig(Section):
     listen: str = Field(
         "127.0.0.1:8080", description="host:port of the HTTP server (Notehub routes, /healthz, /metrics)."
@@ -315,9 +322,7 @@ class SnippetsConfig(Section):
     @field_validator("command_topic")
     @classmethod
     def _command_topic(cls, value: str) -> str:
-        if value.count("{device}") != 1 or "+" in value or "#" in value:
-            raise ValueError(f"expected one {{device}} placeholder and no wildcards, got {value!r}")
-        return value
+        return check_command_topic(value)
 
     @field_validator("ingestion_url")
     @classmethod
