@@ -5,7 +5,7 @@
   (`application/octet-stream`); the device comes from the `X-Fleetwatch-Device` header (configurable) or
   the `device` query parameter, the receive time is the server's clock.
 - `POST /notehub/snippet`: the raw bytes of one snippet from a `web.post` binary proxy route; the device
-  as for `/notehub/binary`, the label (optional) in `X-Notecard-Label` (configurable). Events of the
+  as for `/notehub/binary`, the label (optional) in `X-Notecard-Label` (configurable) or `?label=`. Events of the
   snippet notefile (`snippets.qo`, configurable) that reach `POST /notehub` carry a snippet too (label:
   the note body's `label`). A malformed snippet is quarantined with its reason and answered 200 with
   `{"status": "quarantined", "reason": ...}` (a retry would not mend it). See docs/snippets.md.
@@ -144,7 +144,8 @@ class App:
     def _notehub_snippet(self, environ: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         body = self._authorised_body(environ)
         device = self._device(environ)
-        label = environ.get(_environ_key(self.snippets_config.label_header)) or None
+        label = environ.get(_environ_key(self.snippets_config.label_header))
+        label = label or parse_qs(environ.get("QUERY_STRING", "")).get("label", [""])[0] or None
         outcome = self._snippet(body, device, int(time.time()), f"{TRANSPORT}:snippet", label)
         return 200, outcome.to_json()
 

@@ -97,12 +97,19 @@ def test_binary_route_stores_the_snippet_file_and_index_row(daemon: Daemon, tmp_
     assert (tmp_path / "snippets" / record.path).read_bytes() == raw
     assert record.bytes == len(raw) == 622
 
-    again = requests.post(url(daemon, "/notehub/snippet?device=dev:1"), data=raw, headers=HEADERS, timeout=10)
+    again = requests.post(
+        url(daemon, "/notehub/snippet?device=dev:1&label=other"), data=raw, headers=HEADERS, timeout=10
+    )
     assert again.json() == {"status": "duplicate", "id": record.id, "checksum": record.checksum}
     assert len(records(daemon)) == 1
-    assert metric(daemon, "fleetwatch_snippets_stored_total 1.0")
+    query_label = requests.post(
+        url(daemon, "/notehub/snippet?device=dev:1&label=tap"), data=snippet(seed=5), headers=HEADERS, timeout=10
+    )
+    assert query_label.json()["status"] == "stored"
+    assert [r.label for r in records(daemon)] == ["wobble", "tap"]
+    assert metric(daemon, "fleetwatch_snippets_stored_total 2.0")
     assert metric(daemon, "fleetwatch_snippets_duplicate_total 1.0")
-    assert metric(daemon, 'fleetwatch_snippets_received_total{transport="notehub:snippet"} 2.0')
+    assert metric(daemon, 'fleetwatch_snippets_received_total{transport="notehub:snippet"} 3.0')
 
 
 @pytest.mark.parametrize("headers", [{}, {"X-Fleetwatch-Secret": "wrong"}])
