@@ -39,6 +39,9 @@ from fleetwatch.state import StateDB
 
 log = logging.getLogger(__name__)
 
+#: How often the daemon prunes the snippet dataset when no snippet arrives (additions prune too).
+SNIPPET_PRUNE_PERIOD_S = 3600
+
 
 def build_pipeline(settings: Settings, db: StateDB, store: Store, metrics: Metrics) -> Pipeline:
     """The ingest pipeline as the config describes it (the daemon's, and the import commands')."""
@@ -108,6 +111,9 @@ class Daemon:
         self.drift = runner_from_settings(settings, self.store) if settings.drift.enabled else None
         if self.drift is not None:
             self.jobs.add("drift-check", self.drift.check, settings.drift.window_s, settings.drift.check_delay_s)
+        if self.snippets is not None:
+            snippets = self.snippets
+            self.jobs.add("snippets-prune", lambda _: snippets.prune(), SNIPPET_PRUNE_PERIOD_S)
         self.add_stop_hook(self.jobs.stop)
 
     # -- lifecycle -------------------------------------------------------------------------------

@@ -265,9 +265,36 @@ def test_quarantine_replay_sends_snippet_entries_to_the_dataset(tmp_path: Path) 
             (START, "dev-2", "mqtt", "snippet:truncated", 0, bad),
         ]
     )
+    shown = CliRunner().invoke(main, ["quarantine", "show", "2", "-c", str(path)])
+    [now] = json.loads(shown.output)["decoded_now"]
+    assert (now["ok"], now["reason"]) == (False, "snippet:bad_crc") and now["detail"].startswith("CRC 0x")
     result = CliRunner().invoke(main, ["quarantine", "replay", "--all", "-c", str(path)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {"replayed": 1, "still_rejected": 1, "reasons": ["snippet:bad_crc"]}
     assert [(e.device, e.reason) for e in quarantine.list()] == [("dev-2", "snippet:bad_crc")]
     [record] = SnippetStore(StateDB(tmp_path / "state.db"), tmp_path / "snippets").query()
     assert (record.device, record.checksum) == ("dev-1", hashlib.sha256(good).hexdigest())
+
+
+def test_the_same_bytes_from_another_device_are_a_duplicate_and_leave_no_file(tmp_path: Path) -> None:
+    store = SnippetStore(StateDB(":memory:"), tmp_path)
+    first, created = store.add(snippet(), "dev-a", START, "mqtt")
+    again, created_again = store.add(snippet(), "dev-b", START + 1, "notehub")
+    assert (created, created_again, again.id, again.device) == (True, False, first.id, "dev-a")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.snip")) == [first.path]
+
+
+def test_daemon_prunes_to_the_size_limit_and_schedules_hourly_pruning(tmp_path: Path) -> None:
+    d = Daemon(settings_for(tmp_path, snippets={"max_bytes": 2 * 622}))
+    d.start()
+    try:
+        for seed in range(3):
+            response = requests.post(
+                url(d, f"/notehub/snippet?device=dev-{seed}"), data=snippet(seed=seed), headers=HEADERS, timeout=10
+            )
+            assert response.json()["status"] == "stored"
+        assert [r.device for r in records(d)] == ["dev-1", "dev-2"], "the oldest went"
+        assert metric(d, "fleetwatch_snippets_pruned_total 1.0")
+        assert d.jobs.scheduler.get_job("snippets-prune") is not None
+    finally:
+        d.stop()

@@ -66,18 +66,29 @@ def list_entries(reason: str | None, device: str | None, limit: int, as_json: bo
 @click.argument("entry_id", type=int)
 @config_option
 def show(entry_id: int, config_path: Path | None) -> None:
-    """One entry: metadata, hex of the raw bytes, and what decoding it says now."""
+    """One entry: metadata, hex of the raw bytes, and what decoding it says now (as a snippet for
+    `snippet:...` entries)."""
     settings = settings_from(config_path)
     entry = Quarantine(StateDB(settings.state_path)).get(entry_id)
     if entry is None:
         raise click.ClickException(f"no quarantine entry #{entry_id}")
     from fleetwatch.frames import Registry
+    from fleetwatch.frames.snippet import Snippet, decode_snippet
+    from fleetwatch.snippets.ingest import QUARANTINE_PREFIX
 
-    result = decode_messages(
-        [entry.raw], [entry.device], [entry.received], Registry.with_dirs(settings.frames.schema_dirs)
-    )
-    now = [{"ok": True, "frame": r} for b in result.batches.values() for r in b.records()]
-    now += [{"ok": False, "reason": r.reason} for r in result.rejects]
+    if entry.reason.startswith(QUARANTINE_PREFIX):
+        snippet = decode_snippet(entry.raw, entry.received)
+        if isinstance(snippet, Snippet):
+            shape = {"channels": snippet.channels, "samples": snippet.count, "interval_ms": snippet.interval_ms}
+            now = [{"ok": True, "snippet": shape | {"start_time": snippet.start_time, "reason": snippet.reason}}]
+        else:
+            now = [{"ok": False, "reason": QUARANTINE_PREFIX + snippet.reason, "detail": snippet.detail}]
+    else:
+        result = decode_messages(
+            [entry.raw], [entry.device], [entry.received], Registry.with_dirs(settings.frames.schema_dirs)
+        )
+        now = [{"ok": True, "frame": r} for b in result.batches.values() for r in b.records()]
+        now += [{"ok": False, "reason": r.reason} for r in result.rejects]
     click.echo(
         json.dumps(
             {

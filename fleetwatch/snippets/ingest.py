@@ -63,10 +63,14 @@ class SnippetIngest:
             self.metrics.snippets_duplicate.inc()
             return Outcome("duplicate", record)
         self.metrics.snippets_stored.inc()
-        pruned = self.store.prune()
-        if pruned:
-            self.metrics.snippets_pruned.inc(pruned)
+        self.prune()
         return Outcome("stored", record)
+
+    def prune(self) -> int:
+        """Enforce the dataset's age and size limits; returns (and counts) how many snippets went."""
+        pruned = self.store.prune()
+        self.metrics.snippets_pruned.inc(pruned)
+        return pruned
 
     def replay(self, entries: Sequence[Entry]) -> tuple[list[int], dict[int, str]]:
         """Decode quarantined snippets again (after a fix) and store those that are now valid.

@@ -7,8 +7,9 @@ per snippet: device, time, model_id, reason, label, transport, shape, sha256 che
 was forwarded where.
 
 A snippet whose sha256 is already indexed is a duplicate (a retried route, a re-published message) and is
-not stored again. After every addition the limits are enforced, oldest received first: snippets older than
-`max_age_days`, then as many as it takes to bring the dataset under `max_bytes`.
+not stored again (also when another process, the CLI replaying the quarantine say, added it meanwhile).
+The limits are enforced oldest received first (the daemon prunes after each new snippet and hourly):
+snippets older than `max_age_days`, then as many as it takes to bring the dataset under `max_bytes`.
 
 >>> import tempfile, numpy as np
 >>> from fleetwatch.frames.snippet import encode_snippet
@@ -149,7 +150,8 @@ class SnippetStore:
             _write_durably(self.directory / relative, raw)
             with self.db.transaction() as tx:
                 cursor = tx.execute(
-                    f"INSERT INTO snippets ({_COLUMNS}) VALUES (NULL, {', '.join('?' * 14)}, NULL, NULL, NULL)",
+                    f"INSERT INTO snippets ({_COLUMNS}) VALUES (NULL, {', '.join('?' * 14)}, NULL, NULL, NULL) "
+                    "ON CONFLICT (checksum) DO NOTHING",
                     (
                         checksum,
                         device,
@@ -167,8 +169,11 @@ class SnippetStore:
                         relative,
                     ),
                 )
-                row_id = cursor.lastrowid
-        return self._select("WHERE id = ?", (row_id,))[0], True
+                created = cursor.rowcount == 1
+            record = self._select("WHERE checksum = ?", (checksum,))[0]
+            if not created and record.path != relative:
+                (self.directory / relative).unlink(missing_ok=True)
+        return record, created
 
     def prune(self) -> int:
         """Enforce the age and size limits, oldest received first; returns how many snippets went."""
