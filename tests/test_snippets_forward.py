@@ -27,7 +27,13 @@ from recording_server import Recorder, Reply
 from fleetwatch.cli import main
 from fleetwatch.config import Settings, load_config
 from fleetwatch.frames.snippet import encode_snippet
-from fleetwatch.snippets.edgeimpulse import ZERO_SIGNATURE, Forwarder, acquisition_document, sensors_for
+from fleetwatch.snippets.edgeimpulse import (
+    ZERO_SIGNATURE,
+    Forwarder,
+    acquisition_document,
+    csv_document,
+    sensors_for,
+)
 from fleetwatch.snippets.store import Record, SnippetStore, store_from_settings
 from fleetwatch.state import StateDB
 
@@ -177,6 +183,16 @@ def test_unsigned_document_and_extra_channels() -> None:
     assert [s["name"] for s in document["payload"]["sensors"]] == ["accX", "accY", "accZ", "ch3", "ch4"]
     assert sensors_for(1, config.sensors) == [{"name": "accX", "units": "m/s2"}]
     assert document["payload"]["values"] == [[1.0] * 5, [1.0] * 5]
+
+
+def test_csv_timestamps_stay_plain_decimals_on_long_fractional_recordings() -> None:
+    from fleetwatch.frames.snippet import decode_snippet
+
+    snippet = decode_snippet(encode_snippet(np.zeros((60000, 1), dtype=np.float32), interval_ms=1000 / 48))
+    lines = csv_document(snippet, [])  # type: ignore[arg-type]
+    rows = lines.splitlines()
+    assert rows[0] == "timestamp,ch0" and rows[1] == "0,0.0" and rows[2] == "20.833334,0.0"
+    assert rows[-1] == f"{59999 * float(np.float32(1000 / 48)):.6f},0.0" == "1249979.204813,0.0"
 
 
 def write_config(tmp_path: Path, ingestion: Recorder, extra: str = "") -> Path:

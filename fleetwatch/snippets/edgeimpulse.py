@@ -87,7 +87,8 @@ def csv_document(snippet: Snippet, sensors: Sequence[SensorConfig]) -> str:
     names = [s["name"] for s in sensors_for(snippet.channels, sensors)]
     lines = [",".join(["timestamp", *names])]
     for i, row in enumerate(shortest_values(snippet.samples)):
-        lines.append(",".join([f"{i * snippet.interval_ms:g}", *(repr(v) for v in row)]))
+        timestamp = f"{i * snippet.interval_ms:.6f}".rstrip("0").rstrip(".")
+        lines.append(",".join([timestamp, *(repr(v) for v in row)]))
     return "\n".join(lines) + "\n"
 
 
