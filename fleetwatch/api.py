@@ -4,6 +4,11 @@
 - `POST /notehub/binary`: the raw frame bytes of a `web.post` binary proxy route
   (`application/octet-stream`); the device comes from the `X-Fleetwatch-Device` header (configurable) or
   the `device` query parameter, the receive time is the server's clock.
+- `POST /notehub/snippet`: the raw bytes of one snippet from a `web.post` binary proxy route; the device
+  as for `/notehub/binary`, the label (optional) in `X-Notecard-Label` (configurable) or `?label=`. Events of the
+  snippet notefile (`snippets.qo`, configurable) that reach `POST /notehub` carry a snippet too (label:
+  the note body's `label`). A malformed snippet is quarantined with its reason and answered 200 with
+  `{"status": "quarantined", "reason": ...}` (a retry would not mend it). See docs/snippets.md.
 - `GET /healthz` (live and ready), `/healthz/live`, `/healthz/ready`; `GET /metrics` (Prometheus text).
 
 The routes need the shared secret in `X-Fleetwatch-Secret` (configurable; compared in constant time):
@@ -25,9 +30,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
-from fleetwatch.config import HttpConfig, NotehubConfig
+from fleetwatch.config import HttpConfig, NotehubConfig, SnippetsConfig
 from fleetwatch.metrics import CONTENT_TYPE, Metrics
 from fleetwatch.pipeline import Message
+from fleetwatch.snippets.ingest import Outcome, SnippetIngest
 from fleetwatch.sources.notehub import TRANSPORT, EventError, event_message, parse_body
 
 log = logging.getLogger(__name__)
@@ -62,9 +68,13 @@ class App:
         submit: Callable[[Message, float], None],
         health: Callable[[], dict[str, bool]],
         ack_timeout_s: float = 30.0,
+        snippets: SnippetIngest | None = None,
+        snippets_config: SnippetsConfig | None = None,
     ) -> None:
         self.http = http
         self.notehub = notehub
+        self.snippets = snippets
+        self.snippets_config = snippets_config or SnippetsConfig()
         self.metrics = metrics
         self._submit = submit
         self._health = health
@@ -72,6 +82,7 @@ class App:
         self.routes: dict[tuple[str, str], Callable[[dict], tuple[int, dict[str, Any] | bytes]]] = {
             ("POST", "/notehub"): self._notehub_events,
             ("POST", "/notehub/binary"): self._notehub_binary,
+            ("POST", "/notehub/snippet"): self._notehub_snippet,
             ("GET", "/healthz"): lambda env: self._healthz(env, ("live", "ready")),
             ("GET", "/healthz/live"): lambda env: self._healthz(env, ("live",)),
             ("GET", "/healthz/ready"): lambda env: self._healthz(env, ("ready",)),
@@ -102,27 +113,41 @@ class App:
     # -- routes -------------------------------------------------------------------------------------
     def _notehub_events(self, environ: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         body = self._authorised_body(environ)
+        snippet_file = self.snippets_config.notefile if self.snippets is not None else None
         try:
             events = parse_body(body)
-            messages = []
+            messages, snippets = [], []
             for index, event in enumerate(events):
                 try:
-                    messages.append(event_message(event, self.notehub.device_field))
+                    message = event_message(event, self.notehub.device_field)
                 except EventError as exc:
                     raise EventError(exc.reason, f"event {index}: {exc}") from None
+                if snippet_file is not None and event.get("file") == snippet_file:
+                    note = event.get("body")
+                    label = note.get("label") if isinstance(note, dict) else None
+                    snippets.append((message, label if isinstance(label, str) else None))
+                else:
+                    messages.append(message)
         except EventError as exc:
             raise HttpError(400, exc.reason, str(exc)) from None
+        outcomes = [self._snippet(m.payload, m.device, m.received, m.transport, label) for m, label in snippets]
         self._ingest(messages)
-        return 200, {"accepted": len(messages)}
+        if not outcomes:
+            return 200, {"accepted": len(messages)}
+        return 200, {"accepted": len(messages) + len(outcomes), "snippets": [o.to_json() for o in outcomes]}
 
     def _notehub_binary(self, environ: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         body = self._authorised_body(environ)
-        header = "HTTP_" + self.notehub.device_header.upper().replace("-", "_")
-        device = environ.get(header) or parse_qs(environ.get("QUERY_STRING", "")).get("device", [""])[0]
-        if not device:
-            raise HttpError(400, "no_device", f"name the device in {self.notehub.device_header} or ?device=")
-        self._ingest([Message(body, device, int(time.time()), f"{TRANSPORT}:binary")])
+        self._ingest([Message(body, self._device(environ), int(time.time()), f"{TRANSPORT}:binary")])
         return 200, {"accepted": 1}
+
+    def _notehub_snippet(self, environ: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        body = self._authorised_body(environ)
+        device = self._device(environ)
+        label = environ.get(_environ_key(self.snippets_config.label_header))
+        label = label or parse_qs(environ.get("QUERY_STRING", "")).get("label", [""])[0] or None
+        outcome = self._snippet(body, device, int(time.time()), f"{TRANSPORT}:snippet", label)
+        return 200, outcome.to_json()
 
     def _healthz(self, environ: dict[str, Any], which: tuple[str, ...]) -> tuple[int, dict[str, Any]]:
         checks = self._health()
@@ -132,10 +157,26 @@ class App:
         return (200 if ok else 503), body
 
     # -- helpers ------------------------------------------------------------------------------------
+    def _device(self, environ: dict[str, Any]) -> str:
+        """The device of a binary route: the device header, else the `device` query parameter."""
+        device = environ.get(_environ_key(self.notehub.device_header))
+        device = device or parse_qs(environ.get("QUERY_STRING", "")).get("device", [""])[0]
+        if not device:
+            raise HttpError(400, "no_device", f"name the device in {self.notehub.device_header} or ?device=")
+        return device
+
+    def _snippet(self, raw: bytes, device: str, received: int, transport: str, label: str | None) -> Outcome:
+        if self.snippets is None:
+            raise HttpError(404, "not_found", "snippets are disabled (snippets.enabled = false)")
+        try:
+            return self.snippets.handle(raw, device, received, transport, label)
+        except OSError as exc:
+            log.error("cannot keep a snippet from %s: %s", device, exc)
+            raise HttpError(503, "storage", "the snippet dataset cannot be written; retry later") from None
+
     def _authorised_body(self, environ: dict[str, Any]) -> bytes:
         secret = self.notehub.secret.get_secret_value() if self.notehub.secret else ""
-        header = "HTTP_" + self.notehub.secret_header.upper().replace("-", "_")
-        given = environ.get(header, "")
+        given = environ.get(_environ_key(self.notehub.secret_header), "")
         if not secret or not hmac.compare_digest(given.encode(), secret.encode()):
             raise HttpError(401, "unauthorized", f"missing or wrong {self.notehub.secret_header}")
         length = environ.get("CONTENT_LENGTH") or "0"
@@ -167,3 +208,8 @@ class App:
                 raise HttpError(503, "busy", "ingest queue full; retry later") from None
         if messages and not done.wait(max(deadline - time.monotonic(), 0)):
             raise HttpError(503, "timeout", "frames not durable in time; retry (writes are idempotent)")
+
+
+def _environ_key(header: str) -> str:
+    """The WSGI environ key of an HTTP request header (`X-Notecard-Label` -> `HTTP_X_NOTECARD_LABEL`)."""
+    return "HTTP_" + header.upper().replace("-", "_")

@@ -110,9 +110,7 @@ class MqttConfig(Section):
     @field_validator("topic")
     @classmethod
     def _topic(cls, value: str) -> str:
-        if value.split("/").count("+") != 1 or "#" in value:
-            raise ValueError(f"expected exactly one `+` level (the device id) and no `#`, got {value!r}")
-        return value
+        return check_device_topic(value)
 
     @property
     def host(self) -> str:
@@ -136,6 +134,20 @@ class MqttConfig(Section):
     @property
     def subscription(self) -> str:
         return f"$share/{self.shared_group}/{self.topic}" if self.shared_group else self.topic
+
+
+def check_device_topic(value: str) -> str:
+    """A subscription whose one `+` level is the device id (no `#`)."""
+    if value.split("/").count("+") != 1 or "#" in value:
+        raise ValueError(f"expected exactly one `+` level (the device id) and no `#`, got {value!r}")
+    return value
+
+
+def check_command_topic(value: str) -> str:
+    """A topic template to one device: exactly one `{device}` placeholder, no wildcards."""
+    if value.count("{device}") != 1 or "+" in value or "#" in value:
+        raise ValueError(f"expected one {{device}} placeholder and no wildcards, got {value!r}")
+    return value
 
 
 class HttpConfig(Section):
@@ -243,6 +255,92 @@ class DriftConfig(Section):
     enabled: bool = Field(True, description="Run scheduled drift checks in the daemon.")
 
 
+class SensorConfig(Section):
+    name: str = Field(min_length=1, description="Sensor (channel) name, e.g. accX.")
+    units: str = Field("N/A", min_length=1, description="Units, e.g. m/s2.")
+
+
+def _default_sensors() -> list[SensorConfig]:
+    return [SensorConfig(name=axis, units="m/s2") for axis in ("accX", "accY", "accZ")]
+
+
+class SnippetsConfig(Section):
+    """Snippets: raw sensor recordings from devices, kept as a dataset and forwarded to Edge Impulse."""
+
+    enabled: bool = Field(True, description="Ingest snippets (MQTT topic, Notehub notefile and /notehub/snippet).")
+    topic: str = Field("fleet/+/snippet", description="MQTT subscription for snippets; the `+` level is the device.")
+    notefile: str = Field(
+        "snippets.qo", description="Notehub events of this notefile (`file`) carry a snippet in `payload`."
+    )
+    label_header: str = Field(
+        "X-Notecard-Label", description="For /notehub/snippet: header with the snippet's label (optional)."
+    )
+    dir: Path | None = Field(
+        None, description="Dataset directory, one file per snippet (default: <data_dir>/snippets)."
+    )
+    max_bytes: int = Field(1 << 30, gt=0, description="Dataset size limit; the oldest snippets are pruned beyond it.")
+    max_age_days: float = Field(180.0, gt=0, description="Snippets received longer ago than this are pruned.")
+    sensors: list[SensorConfig] = Field(
+        default_factory=_default_sensors,
+        description="Name and units of each channel, in order (channels beyond the list are ch<N>, N/A).",
+    )
+    device_type: str = Field("fleetwatch", min_length=1, description="Edge Impulse `device_type` of forwarded data.")
+    default_label: str = Field(
+        "unlabeled", min_length=1, description="Edge Impulse label when neither --label nor the snippet has one."
+    )
+    ingestion_url: str = Field(
+        "https://ingestion.edgeimpulse.com", description="Edge Impulse ingestion service base URL."
+    )
+    api_key: SecretStr | None = Field(None, description="Edge Impulse project API key (ei_...) for forwarding.")
+    hmac_key: SecretStr | None = Field(
+        None, description="Edge Impulse project HMAC key: signs forwarded data (HS256). Unset: alg none."
+    )
+    category: Literal["training", "testing"] = Field("training", description="Edge Impulse dataset category.")
+    timeout_s: float = Field(30.0, gt=0, description="HTTP timeout of one forward request.")
+    retries: int = Field(5, ge=0, le=20, description="Retries of a forward answered 429/5xx or not answered.")
+    backoff_base_s: float = Field(1.0, gt=0, description="First retry waits up to this long (full jitter).")
+    backoff_max_s: float = Field(60.0, gt=0, description="Longest wait between forward retries (or Retry-After).")
+    request_transport: Literal["mqtt", "notehub"] = Field(
+        "mqtt", description="How snippet requests reach devices (MQTT command or Notehub environment variable)."
+    )
+    command_topic: str = Field("fleet/{device}/cmd/snippet", description="MQTT topic of a snippet request.")
+    env_var: str = Field("fleetwatch_snippet", description="Notehub environment variable of a snippet request.")
+    request_count: int = Field(3, ge=1, le=100, description="Snippets a request asks each device for.")
+    request_ttl_s: int = Field(24 * 3600, gt=0, description="A snippet request expires this long after it is sent.")
+    request_on_alert: bool = Field(
+        False, description="New or escalated drift requests snippets from the drifted devices automatically."
+    )
+    request_max_devices: int = Field(
+        100, ge=1, description="At most this many devices are asked per drift notification."
+    )
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        return check_device_topic(value)
+
+    @field_validator("command_topic")
+    @classmethod
+    def _command_topic(cls, value: str) -> str:
+        return check_command_topic(value)
+
+    @field_validator("ingestion_url")
+    @classmethod
+    def _ingestion_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected http(s)://host[:port], got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("sensors")
+    @classmethod
+    def _sensors(cls, value: list[SensorConfig]) -> list[SensorConfig]:
+        names = [s.name for s in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sensor names must be unique, got {names}")
+        return value
+
+
 class Settings(BaseSettings):
     """The whole configuration; see docs/configuration.md and deploy/fleetwatch.toml for every key."""
 
@@ -264,6 +362,7 @@ class Settings(BaseSettings):
     log: LogConfig = Field(default_factory=LogConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    snippets: SnippetsConfig = Field(default_factory=SnippetsConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -292,6 +391,10 @@ class Settings(BaseSettings):
     @property
     def spool_dir(self) -> Path:
         return self.pipeline.spool_dir or self.data_dir / "spool"
+
+    @property
+    def snippets_dir(self) -> Path:
+        return self.snippets.dir or self.data_dir / "snippets"
 
 
 def load_config(path: Path | None) -> Settings:
@@ -327,6 +430,7 @@ def masked(settings: Settings) -> dict[str, Any]:
     data["store"]["url"] = settings.store_url
     data["state"]["path"] = str(settings.state_path)
     data["pipeline"]["spool_dir"] = str(settings.spool_dir)
+    data["snippets"]["dir"] = str(settings.snippets_dir)
     return _mask(data)
 
 
@@ -387,13 +491,16 @@ def reference() -> list[tuple[str, str, str, str]]:
 def _type_name(annotation: Any) -> str:
     if isinstance(annotation, type):
         return annotation.__name__
-    return str(annotation).replace("typing.", "").replace("pathlib.", "").replace("pydantic.types.", "")
+    text = str(annotation).replace("typing.", "").replace("pathlib.", "").replace("pydantic.types.", "")
+    return text.replace("fleetwatch.config.", "")
 
 
 def _default(field: Any) -> str:
-    if field.default_factory is not None:
-        return repr(field.default_factory())
-    return repr(field.default)
+    value = field.default_factory() if field.default_factory is not None else field.default
+    if isinstance(value, list) and value and all(isinstance(v, BaseModel) for v in value):
+        tables = (", ".join(f'{k} = "{v}"' for k, v in item.model_dump().items()) for item in value)
+        return "[" + ", ".join(f"{{{t}}}" for t in tables) + "]"
+    return repr(value)
 
 
 def example_toml() -> str:

@@ -1,6 +1,7 @@
 """The fleetwatch service: builds every part from one config, runs them, and stops them gracefully.
 
-Start order: state database, store, pipeline worker, HTTP server, MQTT. Stop order (SIGTERM/SIGINT):
+Start order: state database, store, pipeline worker, HTTP server, MQTT (telemetry, and a second session
+for snippets when they are on). Stop order (SIGTERM/SIGINT):
 MQTT stops taking messages (those arriving stay unacknowledged and come again next session), the HTTP
 server stops, the pipeline drains its queue (acks go out while the MQTT connection is still up), then
 MQTT disconnects and the store closes. A second signal exits at once; nothing acknowledged is lost either
@@ -21,7 +22,7 @@ from types import FrameType
 from waitress.server import create_server
 
 from fleetwatch.api import App
-from fleetwatch.config import Settings, mask_url
+from fleetwatch.config import MqttConfig, Settings, mask_url
 from fleetwatch.drift.runner import runner_from_settings
 from fleetwatch.frames import Registry
 from fleetwatch.metrics import Metrics
@@ -30,11 +31,16 @@ from fleetwatch.quarantine import Quarantine
 from fleetwatch.scheduler import Jobs, Lease
 from fleetwatch.sinks import open_store
 from fleetwatch.sinks.base import SinkUnavailable, Store
+from fleetwatch.snippets.ingest import SnippetIngest
+from fleetwatch.snippets.store import store_from_settings
 from fleetwatch.sources.mqtt import MqttSource
 from fleetwatch.spool import Spool
 from fleetwatch.state import StateDB
 
 log = logging.getLogger(__name__)
+
+#: How often the daemon prunes the snippet dataset when no snippet arrives (additions prune too).
+SNIPPET_PRUNE_PERIOD_S = 3600
 
 
 def build_pipeline(settings: Settings, db: StateDB, store: Store, metrics: Metrics) -> Pipeline:
@@ -53,6 +59,22 @@ def build_pipeline(settings: Settings, db: StateDB, store: Store, metrics: Metri
     )
 
 
+def build_snippet_ingest(
+    settings: Settings, db: StateDB, quarantine: Quarantine, metrics: Metrics
+) -> SnippetIngest | None:
+    """Snippet ingest into the configured dataset, or None when snippets are off."""
+    if not settings.snippets.enabled:
+        return None
+    return SnippetIngest(store_from_settings(settings, db), quarantine, metrics)
+
+
+def snippet_mqtt_config(settings: Settings) -> MqttConfig:
+    """The [mqtt] settings for the snippet subscription: its own topic and its own persistent session."""
+    return settings.mqtt.model_copy(
+        update={"topic": settings.snippets.topic, "client_id": f"{settings.mqtt.client_id}-snippets"}
+    )
+
+
 class Daemon:
     """Every running part of fleetwatch, composed from `settings`."""
 
@@ -65,6 +87,12 @@ class Daemon:
         self.registry = self.pipeline.registry
         self.quarantine = self.pipeline.quarantine
         self.mqtt = MqttSource(settings.mqtt, self.pipeline.submit) if settings.mqtt.url else None
+        self.snippets = build_snippet_ingest(settings, self.db, self.quarantine, self.metrics)
+        self.mqtt_snippets = (
+            MqttSource(snippet_mqtt_config(settings), self.snippets.submit)
+            if self.snippets is not None and settings.mqtt.url
+            else None
+        )
         self.app = App(
             settings.http,
             settings.notehub,
@@ -72,6 +100,8 @@ class Daemon:
             lambda message, timeout: self.pipeline.submit(message, timeout),
             self.health,
             ack_timeout_s=settings.pipeline.ack_timeout_s,
+            snippets=self.snippets,
+            snippets_config=settings.snippets,
         )
         self._server = None
         self._server_thread: threading.Thread | None = None
@@ -81,6 +111,9 @@ class Daemon:
         self.drift = runner_from_settings(settings, self.store) if settings.drift.enabled else None
         if self.drift is not None:
             self.jobs.add("drift-check", self.drift.check, settings.drift.window_s, settings.drift.check_delay_s)
+        if self.snippets is not None:
+            snippets = self.snippets
+            self.jobs.add("snippets-prune", lambda _: snippets.prune(), SNIPPET_PRUNE_PERIOD_S)
         self.add_stop_hook(self.jobs.stop)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -106,9 +139,9 @@ class Daemon:
             self._server_thread = threading.Thread(target=self._server.run, name="fleetwatch-http", daemon=True)
             self._server_thread.start()
             log.info("HTTP listening on %s:%s", http.host, self.http_port)
-        if self.mqtt is not None:
-            self.mqtt.start()
-            log.info("MQTT %s, topic %s", mask_url(self.settings.mqtt.url or ""), self.settings.mqtt.subscription)
+        for source in self._mqtt_sources():
+            source.start()
+            log.info("MQTT %s, topic %s", mask_url(self.settings.mqtt.url or ""), source.config.subscription)
         self.jobs.start()
         _sd_notify("READY=1")
 
@@ -130,13 +163,13 @@ class Daemon:
         deadline = time.monotonic() + timeout
         for hook in self._on_stop:
             hook()
-        if self.mqtt is not None:
-            self.mqtt.stop_intake()
+        for source in self._mqtt_sources():
+            source.stop_intake()
         if self._server is not None:
             self._server.close()
         self.pipeline.stop(timeout=max(deadline - time.monotonic(), 0.5))
-        if self.mqtt is not None:
-            self.mqtt.close()
+        for source in self._mqtt_sources():
+            source.close()
         self.store.close()
         self.db.close()
         log.info("stopped")
@@ -144,8 +177,11 @@ class Daemon:
     def health(self) -> dict[str, bool]:
         checks = {"pipeline": self.pipeline.running}
         if self.mqtt is not None:
-            checks["mqtt"] = self.mqtt.connected.is_set()
+            checks["mqtt"] = all(source.connected.is_set() for source in self._mqtt_sources())
         return checks
+
+    def _mqtt_sources(self) -> list[MqttSource]:
+        return [source for source in (self.mqtt, self.mqtt_snippets) if source is not None]
 
     def run_forever(self) -> None:
         """Start, then block until SIGTERM or SIGINT; stop gracefully (a second signal exits at once)."""

@@ -44,6 +44,24 @@ class Metrics:
         self.http_requests = Counter(
             "fleetwatch_http_requests", "HTTP requests by route and status", ["route", "status"], registry=r
         )
+        self.snippets_received = Counter(
+            "fleetwatch_snippets_received", "Snippet messages received", ["transport"], registry=r
+        )
+        self.snippets_stored = Counter("fleetwatch_snippets_stored", "Snippets added to the dataset", registry=r)
+        self.snippets_duplicate = Counter(
+            "fleetwatch_snippets_duplicate",
+            "Snippets already in the dataset (same sha256), not stored again",
+            registry=r,
+        )
+        self.snippets_quarantined = Counter(
+            "fleetwatch_snippets_quarantined",
+            "Malformed snippets kept in quarantine, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.snippets_pruned = Counter(
+            "fleetwatch_snippets_pruned", "Snippets removed by the dataset's size and age limits", registry=r
+        )
         self.up = Gauge("fleetwatch_store_up", "1 when the last store write or ping succeeded", registry=r)
 
     def render(self) -> bytes:

@@ -22,6 +22,7 @@ import pytest
 
 from fleetwatch.frames import Registry, decode_messages, parse_fw_version
 from fleetwatch.frames.cheader import header_filename, render_c_header
+from fleetwatch.frames.snippet import Snippet, decode_snippet, encode_snippet
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware" / "telemetry"
@@ -123,6 +124,36 @@ def test_c_packer_reencodes_golden_vectors_byte_identical(make_test_output: str)
         message = "".join(next(packed) for _ in vector["expect"])
         assert message == vector["hex"], vector["id"]
     assert next(packed, None) is None
+
+
+def test_c_snippet_packer_decodes_in_python_to_the_same_values(make_test_output: str) -> None:
+    """fw_snippet_pack (the device's fws_pack) packs snippets; the server's decoder reads back every header
+    field and every float32 sample bit for bit, and the Python encoder writes the same bytes."""
+    rng = np.random.default_rng(8)
+    cases = [
+        (rng.normal([0.0, 0.0, 9.81], 0.5, size=(200, 3)).astype(np.float32), 10.0, 1_795_000_000, 0x1234ABCD, 1),
+        (rng.uniform(-1e6, 1e6, size=(7, 16)).astype(np.float32), 0.0625, 0, 0xFFFFFFFF, 3),
+        (np.array([[np.float32(1e-38)], [np.float32(-0.0)]], dtype=np.float32), 3_600_000.0, 4_000_000_000, 0, 255),
+    ]
+    lines = []
+    for samples, interval, start, model, reason in cases:
+        count, channels = samples.shape
+        values = " ".join(repr(float(v)) for v in samples.ravel())
+        lines.append(f"{channels} {count} {interval!r} {start} {model} {reason} {values}")
+    packed = _run("fw_snippet_pack", "\n".join(lines) + "\n")
+    assert len(packed) == len(cases)
+    for hex_text, (samples, interval, start, model, reason) in zip(packed, cases, strict=True):
+        data = bytes.fromhex(hex_text)
+        snippet = decode_snippet(data)
+        assert isinstance(snippet, Snippet), snippet
+        assert snippet.samples.tobytes() == samples.tobytes()
+        assert (snippet.interval_ms, snippet.start_time, snippet.model_id, snippet.reason_code) == (
+            float(np.float32(interval)),
+            start,
+            model,
+            reason,
+        )
+        assert data == encode_snippet(samples, interval_ms=interval, start_time=start, reason=reason, model_id=model)
 
 
 @dataclass

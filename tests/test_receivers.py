@@ -215,11 +215,15 @@ def test_github_repository_dispatch_carries_the_retraining_payload_in_ten_keys()
     assert payload["data"] == {
         "snippets": {
             "cli": "fleetwatch snippets export --model-id 42 --cohort site=north "
-            "--since 2026-11-18T11:06:40Z --until 2026-11-18T12:06:40Z",
+            "--since 2026-11-18T11:06:40Z --out snippets-2026-11-18T110640Z",
             "since": T0,
             "until": T0 + 3600,
         }
     }
+    field_data = {"count": 12, "devices": 3, "dataset": "/var/lib/fleetwatch/snippets"}
+    with_field_data = json.loads(render(n, config().receiver("gh"), field_data).data)["client_payload"]
+    assert with_field_data["data"]["snippets"] == payload["data"]["snippets"] | field_data
+    assert len(with_field_data) == len(payload)
 
 
 def test_retraining_receivers_only_take_new_or_escalated_drift() -> None:

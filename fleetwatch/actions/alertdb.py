@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
 from sqlite3 import Connection
 from typing import Any
 
 from fleetwatch.actions.alerts import Alert, Decision, Inventory, Notification, Silence, evaluate
 from fleetwatch.actions.config import AlertsConfig
-from fleetwatch.actions.receivers import Body, RenderError, render
+from fleetwatch.actions.receivers import Body, RenderError, drift_start, render
 from fleetwatch.actions.webhooks import Metric, Outbox
 from fleetwatch.findings import Finding
 from fleetwatch.state import Migration, StateDB
@@ -152,10 +152,22 @@ class AlertManager:
     """Findings in, alert state and queued notifications out. Call `process` after each drift check and
     `tick` every few seconds (it sends groups whose window has passed and reminders that are due)."""
 
-    def __init__(self, config: AlertsConfig, db: StateDB, outbox: Outbox | None = None) -> None:
+    def __init__(
+        self,
+        config: AlertsConfig,
+        db: StateDB,
+        outbox: Outbox | None = None,
+        on_notifications: Callable[[Sequence[Notification]], object] | None = None,
+        field_data: Callable[[int | None, str, int], Mapping[str, Any]] | None = None,
+    ) -> None:
+        """`on_notifications` runs after each round's transaction with its notifications (the snippet
+        request hook); `field_data(model_id, cohort, since)` adds what the snippet dataset holds to
+        retraining payloads (`fleetwatch.snippets.capture.FieldData`)."""
         self.config = config
         self.alerts = AlertDB(db)
         self.outbox = outbox or Outbox(db)
+        self.on_notifications = on_notifications
+        self.field_data = field_data
         self._counts: Counter[tuple[str, ...]] = Counter()
 
     def process(self, findings: Iterable[Finding], now: float, inventory: Inventory | None = None) -> Decision:
@@ -172,6 +184,8 @@ class AlertManager:
         for notification in decision.notifications:
             self._counts[("notification", notification.status)] += 1
         self._counts[("unrouted",)] += decision.unrouted
+        if self.on_notifications is not None and decision.notifications:
+            self.on_notifications(decision.notifications)
         return decision
 
     def tick(self, now: float) -> Decision:
@@ -209,10 +223,14 @@ class AlertManager:
 
     def _enqueue(self, tx: Connection, notification: Notification, now: float) -> None:
         title = f"[{notification.status}] {notification.title}"
+        since = drift_start(notification)
+        field_data = None
+        if self.field_data is not None and since is not None:
+            field_data = self.field_data(notification.model_id, notification.group, since)
         for receiver in (r for r in self.config.receivers if r.name in notification.receivers):
             error = None
             try:
-                body = render(notification, receiver)
+                body = render(notification, receiver, field_data)
             except RenderError as exc:
                 log.error("%s", exc)
                 body, error = Body(b"", "text/plain"), str(exc)

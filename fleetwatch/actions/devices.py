@@ -62,7 +62,7 @@ class MqttCommander:
 
     def __init__(self, config: MqttConfig, topic: str = "fleet/{device}/cmd/ota", timeout_s: float = 30.0) -> None:
         if not config.url:
-            raise ValueError("mqtt.url is not set: rollout commands over MQTT need a broker")
+            raise ValueError("mqtt.url is not set: commands to devices over MQTT need a broker")
         self.config, self.topic, self.timeout_s = config, topic, timeout_s
 
     def send(self, commands: Sequence[tuple[str, bytes]]) -> dict[str, str | None]:
@@ -179,9 +179,11 @@ class NotehubCommander:
             except (requests.RequestException, NotehubError) as exc:
                 results[device] = str(exc)
                 continue
+            if not self.config.dfu or device == FLEET:
+                continue
             sent = _command(wire)
             url = sent.get("url", "")
-            if self.config.dfu and "version" in sent and device != FLEET and url.startswith(NOTEHUB_FILE):
+            if "version" in sent and url.startswith(NOTEHUB_FILE):
                 dfu.setdefault(url.removeprefix(NOTEHUB_FILE), []).append(device)
         for filename, devices in dfu.items():
             try:
@@ -224,10 +226,12 @@ def commander_from_settings(settings: Settings, rollout: RolloutConfig) -> Comma
     """The commander `rollout.transport` names, built from the root config's [mqtt] or [notehub] section."""
     if rollout.transport == "mqtt":
         return MqttCommander(settings.mqtt, rollout.command_topic)
-    return NotehubCommander(_notehub_client(settings.notehub, rollout.notehub.timeout_s), rollout.notehub)
+    client = notehub_client(settings.notehub, rollout.notehub.timeout_s, "rollout.transport = notehub")
+    return NotehubCommander(client, rollout.notehub)
 
 
-def _notehub_client(config: NotehubConfig, timeout_s: float) -> NotehubClient:
+def notehub_client(config: NotehubConfig, timeout_s: float, needed_by: str) -> NotehubClient:
+    """A Notehub API client from the root [notehub] section; `needed_by` names the setting in the error."""
     if config.token is None or not config.project:
-        raise ValueError("rollout.transport = notehub needs notehub.token and notehub.project")
+        raise ValueError(f"{needed_by} needs notehub.token and notehub.project")
     return NotehubClient(config.api_url, config.token.get_secret_value(), config.project, timeout_s)

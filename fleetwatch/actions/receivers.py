@@ -22,6 +22,7 @@ import shlex
 import statistics
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -74,14 +75,17 @@ def template_environment() -> SandboxedEnvironment:
     return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
-def render(notification: Notification, receiver: ReceiverConfig) -> Body | None:
+def render(
+    notification: Notification, receiver: ReceiverConfig, field_data: Mapping[str, Any] | None = None
+) -> Body | None:
     """The body `receiver` gets for `notification`, or None when it takes no part in it (retraining
-    receivers only take new or escalated drift). Raises RenderError when a template fails."""
+    receivers only take new or escalated drift). `field_data` is what the snippet dataset holds for the
+    drift (see `retrain_payload`). Raises RenderError when a template fails."""
     if receiver.kind == "slack":
         return _json_body(slack_message(notification))
     if receiver.kind == "teams":
         return _json_body(teams_message(notification))
-    retrain = retrain_payload(notification)
+    retrain = retrain_payload(notification, field_data)
     if receiver.kind == "github_dispatch":
         if retrain is None:
             return None
@@ -185,12 +189,25 @@ def alert_document(notification: Notification) -> dict[str, Any]:
     }
 
 
-def retrain_payload(notification: Notification) -> dict[str, Any] | None:
+def drifting_items(notification: Notification) -> list[Item]:
+    """The members of a notification that report new or escalated drift (what retraining is about)."""
+    return [i for i in notification.items if notification.status == "firing" and i.reason in ("new", "escalated")]
+
+
+def drift_start(notification: Notification) -> int | None:
+    """When the new or escalated drift of a notification began (its oldest alert's first window), or None."""
+    items = drifting_items(notification)
+    return min(i.alert.first_window_start for i in items) if items else None
+
+
+def retrain_payload(notification: Notification, field_data: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """What a retraining pipeline needs, in at most 10 top-level keys (GitHub's client_payload limit): the
     model, the cohort, the signals with their effect sizes, the time range, the baseline, the devices, and
-    under `data.snippets` the query for the matching field data (the snippet dataset). None unless the
+    under `data.snippets` the field data: the snippets of the model and cohort collected since the drift
+    began, as the export command that fetches them plus, when the caller knows them (`field_data`, from
+    the snippet index), their count, how many devices sent them and the dataset directory. None unless the
     notification reports new or escalated drift."""
-    items = [i for i in notification.items if notification.status == "firing" and i.reason in ("new", "escalated")]
+    items = drifting_items(notification)
     if not items:
         return None
     since = min(i.alert.first_window_start for i in items)
@@ -207,7 +224,10 @@ def retrain_payload(notification: Notification) -> dict[str, Any] | None:
         "time_range": {"start": since, "end": until},
         "baseline_version": baselines.most_common(1)[0][0] if baselines else None,
         "devices": {"count": len(devices), "ids": devices[:RETRAIN_DEVICES_MAX]},
-        "data": {"snippets": _snippets_query(notification.model_id, notification.group, since, until)},
+        "data": {
+            "snippets": _snippets_query(notification.model_id, notification.group, since, until)
+            | dict(field_data or {})
+        },
     }
 
 
@@ -300,14 +320,14 @@ def _signal_effects(items: list[Item]) -> list[dict[str, Any]]:
 
 
 def _snippets_query(model_id: int | None, cohort: str, since: int, until: int) -> dict[str, Any]:
-    """The query for the snippet dataset (field data of the drifted devices), as the command the data-loop
-    feature serves it with."""
+    """The export command of the field data: the model's and cohort's snippets collected since the drift
+    began (no upper bound: snippets requested because of this alert arrive after `until`)."""
     words = ["fleetwatch", "snippets", "export"]
     if model_id is not None:
         words += ["--model-id", str(model_id)]
     if cohort != "fleet":
         words += ["--cohort", cohort]
-    words += ["--since", _iso(since), "--until", _iso(until)]
+    words += ["--since", _iso(since), "--out", f"snippets-{_iso(since).replace(':', '')}"]
     return {"cli": shlex.join(words), "since": since, "until": until}
 
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from fleetwatch.config import Section
+from fleetwatch.config import Section, check_command_topic
 
 Spending = Literal["pocock", "obrien_fleming"]
 
@@ -99,9 +99,7 @@ class RolloutConfig(Section):
     @field_validator("command_topic")
     @classmethod
     def _topic(cls, value: str) -> str:
-        if value.count("{device}") != 1 or "+" in value or "#" in value:
-            raise ValueError(f"expected one {{device}} placeholder and no wildcards, got {value!r}")
-        return value
+        return check_command_topic(value)
 
     def signing_key_path(self, data_dir: Path) -> Path:
         return self.signing_key or data_dir / "keys" / "ota-signing.pem"

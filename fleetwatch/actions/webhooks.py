@@ -265,6 +265,22 @@ def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random)
     return rng.uniform(0.0, min(max_s, base_s * 2 ** (attempt - 1)))
 
 
+def attempt(send: Callable[[], requests.Response], secrets: list[str], clock: Callable[[], float]) -> Outcome:
+    """One HTTP request, classified as `classify` says; transport errors and the response's text are
+    redacted of `secrets` (also used by the Edge Impulse forwarder)."""
+    try:
+        response = send()
+    except (requests.Timeout, requests.ConnectionError) as exc:
+        return Outcome("retry", error=redact(f"{type(exc).__name__}: {exc}", secrets))
+    except requests.RequestException as exc:
+        return Outcome("dead", error=redact(f"{type(exc).__name__}: {exc}", secrets))
+    outcome = classify(response.status_code, response.headers.get("Retry-After"), clock())
+    detail = redact(response.text.strip().replace("\n", " "), secrets)
+    if outcome.action == "sent" or not detail:
+        return outcome
+    return Outcome(outcome.action, outcome.status, f"{outcome.error}: {detail}", outcome.retry_after)
+
+
 def redact(text: str, secrets: list[str]) -> str:
     """`text` with every secret replaced by ***, cut to ERROR_MAX characters."""
     for secret in secrets:
@@ -381,25 +397,18 @@ class OutboxWorker:
 
     def _send(self, request: Request, body: bytes, receiver: ReceiverConfig) -> Outcome:
         delivery = self.config.delivery
-        secrets = secrets_of(receiver)
-        try:
-            response = self._session.request(
+        return attempt(
+            lambda: self._session.request(
                 request.method,
                 request.url,
                 data=body,
                 headers=request.headers,
                 timeout=(delivery.connect_timeout_s, delivery.read_timeout_s),
                 allow_redirects=False,
-            )
-        except (requests.Timeout, requests.ConnectionError) as exc:
-            return Outcome("retry", error=redact(f"{type(exc).__name__}: {exc}", secrets))
-        except requests.RequestException as exc:
-            return Outcome("dead", error=redact(f"{type(exc).__name__}: {exc}", secrets))
-        outcome = classify(response.status_code, response.headers.get("Retry-After"), self._clock())
-        detail = redact(response.text.strip().replace("\n", " "), secrets)
-        if outcome.action == "sent" or not detail:
-            return outcome
-        return Outcome(outcome.action, outcome.status, f"{outcome.error}: {detail}", outcome.retry_after)
+            ),
+            secrets_of(receiver),
+            self._clock,
+        )
 
     def _settle(self, message: OutboxMessage, receiver: ReceiverConfig | None, outcome: Outcome) -> None:
         now = self._clock()

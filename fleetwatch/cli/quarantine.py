@@ -66,18 +66,29 @@ def list_entries(reason: str | None, device: str | None, limit: int, as_json: bo
 @click.argument("entry_id", type=int)
 @config_option
 def show(entry_id: int, config_path: Path | None) -> None:
-    """One entry: metadata, hex of the raw bytes, and what decoding it says now."""
+    """One entry: metadata, hex of the raw bytes, and what decoding it says now (as a snippet for
+    `snippet:...` entries)."""
     settings = settings_from(config_path)
     entry = Quarantine(StateDB(settings.state_path)).get(entry_id)
     if entry is None:
         raise click.ClickException(f"no quarantine entry #{entry_id}")
     from fleetwatch.frames import Registry
+    from fleetwatch.frames.snippet import Snippet, decode_snippet
+    from fleetwatch.snippets.ingest import QUARANTINE_PREFIX
 
-    result = decode_messages(
-        [entry.raw], [entry.device], [entry.received], Registry.with_dirs(settings.frames.schema_dirs)
-    )
-    now = [{"ok": True, "frame": r} for b in result.batches.values() for r in b.records()]
-    now += [{"ok": False, "reason": r.reason} for r in result.rejects]
+    if entry.reason.startswith(QUARANTINE_PREFIX):
+        snippet = decode_snippet(entry.raw, entry.received)
+        if isinstance(snippet, Snippet):
+            shape = {"channels": snippet.channels, "samples": snippet.count, "interval_ms": snippet.interval_ms}
+            now = [{"ok": True, "snippet": shape | {"start_time": snippet.start_time, "reason": snippet.reason}}]
+        else:
+            now = [{"ok": False, "reason": QUARANTINE_PREFIX + snippet.reason, "detail": snippet.detail}]
+    else:
+        result = decode_messages(
+            [entry.raw], [entry.device], [entry.received], Registry.with_dirs(settings.frames.schema_dirs)
+        )
+        now = [{"ok": True, "frame": r} for b in result.batches.values() for r in b.records()]
+        now += [{"ok": False, "reason": r.reason} for r in result.rejects]
     click.echo(
         json.dumps(
             {
@@ -101,13 +112,16 @@ def show(entry_id: int, config_path: Path | None) -> None:
 @click.option("--all", "replay_all", is_flag=True, help="Replay every entry.")
 @config_option
 def replay(reason: str | None, ids: tuple[int, ...], replay_all: bool, config_path: Path | None) -> None:
-    """Decode entries again with today's schemas and store the ones that are now valid."""
+    """Decode entries again with today's schemas and store the ones that are now valid (snippet entries,
+    reason `snippet:...`, go to the snippet dataset)."""
     if not (reason or ids or replay_all):
         raise click.UsageError("say which entries: --reason R, --id N or --all")
     from fleetwatch.daemon import build_pipeline
     from fleetwatch.metrics import Metrics
     from fleetwatch.sinks import open_store
     from fleetwatch.sinks.base import SinkUnavailable
+    from fleetwatch.snippets.ingest import QUARANTINE_PREFIX, SnippetIngest
+    from fleetwatch.snippets.store import store_from_settings
 
     settings = settings_from(config_path)
     db = StateDB(settings.state_path)
@@ -115,12 +129,19 @@ def replay(reason: str | None, ids: tuple[int, ...], replay_all: bool, config_pa
     pipeline = build_pipeline(settings, db, store, Metrics())
     quarantine = pipeline.quarantine
     entries = [e for i in ids if (e := quarantine.get(i))] if ids else quarantine.list(reason=reason, limit=10**9)
+    snippets = [e for e in entries if e.reason.startswith(QUARANTINE_PREFIX)]
+    frames = [e for e in entries if not e.reason.startswith(QUARANTINE_PREFIX)]
     try:
-        stored, still_bad = pipeline.replay_quarantined(entries)
+        stored, still_bad = pipeline.replay_quarantined(frames)
     except SinkUnavailable as exc:
         raise click.ClickException(f"store unavailable ({exc}); nothing was removed, try again later") from None
     finally:
         store.close()
+    if snippets:
+        ingest = SnippetIngest(store_from_settings(settings, db), quarantine, pipeline.metrics)
+        snippets_stored, snippets_bad = ingest.replay(snippets)
+        stored += snippets_stored
+        still_bad |= snippets_bad
     click.echo(
         json.dumps(
             {"replayed": len(stored), "still_rejected": len(still_bad), "reasons": sorted(set(still_bad.values()))}

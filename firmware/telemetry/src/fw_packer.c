@@ -1,29 +1,16 @@
 /* fw_packer.c: envelope + body + CRC-16 with explicit little-endian byte stores at the offsets of the
  * generated schema header, and the float -> wire integer conversion (round half away from zero). */
 #include "fw_telemetry.h"
+#include "fw_le.h"
 
 #define BODY(field) (FWT_ENVELOPE_LEN + FW_SCHEMA_TINYML_HEALTH_##field##_OFFSET)
-
-static void put_u16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v & 0xFFu);
-    p[1] = (uint8_t)(v >> 8);
-}
-
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v & 0xFFu);
-    p[1] = (uint8_t)((v >> 8) & 0xFFu);
-    p[2] = (uint8_t)((v >> 16) & 0xFFu);
-    p[3] = (uint8_t)(v >> 24);
-}
 
 static void put_u16_array(uint8_t *p, const uint16_t *v, unsigned count)
 {
     unsigned i;
 
     for (i = 0; i < count; i++) {
-        put_u16(p + 2u * i, v[i]);
+        fw_put_u16(p + 2u * i, v[i]);
     }
 }
 
@@ -39,28 +26,28 @@ size_t fwt_pack_frame(const fwt_envelope_t *env, const fw_schema_tinyml_health_t
     out[1] = FWT_ENVELOPE_VERSION;
     out[2] = FW_SCHEMA_TINYML_HEALTH_ID;
     out[3] = FW_SCHEMA_TINYML_HEALTH_BODY_LEN;
-    put_u16(out + 4, env->seq);
-    put_u32(out + 6, env->window_start);
-    put_u16(out + 10, env->window_s);
-    put_u32(out + 12, env->fw_version);
-    put_u32(out + 16, env->model_id);
+    fw_put_u16(out + 4, env->seq);
+    fw_put_u32(out + 6, env->window_start);
+    fw_put_u16(out + 10, env->window_s);
+    fw_put_u32(out + 12, env->fw_version);
+    fw_put_u32(out + 16, env->model_id);
 
-    put_u16(out + BODY(INFERENCE_COUNT), body->inference_count);
-    put_u16(out + BODY(ANOMALY_COUNT), body->anomaly_count);
-    put_u16(out + BODY(LATENCY_P50), body->latency_p50);
-    put_u16(out + BODY(LATENCY_P95), body->latency_p95);
+    fw_put_u16(out + BODY(INFERENCE_COUNT), body->inference_count);
+    fw_put_u16(out + BODY(ANOMALY_COUNT), body->anomaly_count);
+    fw_put_u16(out + BODY(LATENCY_P50), body->latency_p50);
+    fw_put_u16(out + BODY(LATENCY_P95), body->latency_p95);
     out[BODY(MEM_PEAK_PCT)] = body->mem_peak_pct;
     out[BODY(FLAGS)] = body->flags;
-    put_u16(out + BODY(BATTERY_MV), body->battery_mv);
+    fw_put_u16(out + BODY(BATTERY_MV), body->battery_mv);
     for (i = 0; i < FW_SCHEMA_TINYML_HEALTH_INPUT_MEAN_COUNT; i++) {
         /* int16 -> uint16 is defined (modulo 2^16): the two's complement bytes */
-        put_u16(out + BODY(INPUT_MEAN) + 2u * i, (uint16_t)body->input_mean[i]);
+        fw_put_u16(out + BODY(INPUT_MEAN) + 2u * i, (uint16_t)body->input_mean[i]);
     }
     put_u16_array(out + BODY(INPUT_VAR), body->input_var, FW_SCHEMA_TINYML_HEALTH_INPUT_VAR_COUNT);
     put_u16_array(out + BODY(CONF_HIST), body->conf_hist, FW_SCHEMA_TINYML_HEALTH_CONF_HIST_COUNT);
     put_u16_array(out + BODY(CLASS_COUNTS), body->class_counts, FW_SCHEMA_TINYML_HEALTH_CLASS_COUNTS_COUNT);
 
-    put_u16(out + FWT_ENVELOPE_LEN + FW_SCHEMA_TINYML_HEALTH_BODY_LEN,
+    fw_put_u16(out + FWT_ENVELOPE_LEN + FW_SCHEMA_TINYML_HEALTH_BODY_LEN,
             fwt_crc16(out, FWT_ENVELOPE_LEN + FW_SCHEMA_TINYML_HEALTH_BODY_LEN));
     return FWT_FRAME_LEN;
 }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fw_snippet.h"
 #include "fw_telemetry.h"
 
 static int passed;
@@ -513,6 +514,62 @@ static void test_latency_every_bucket(void)
     CHECK_EQ(failures, 0);
 }
 
+/* A snippet packed by the device equals the bytes the server's encoder writes for the same values
+ * (fleetwatch.frames.snippet.encode_snippet), both with fws_pack and in place. */
+static void test_snippet_known_bytes(void)
+{
+    static const char expected_hex[] = "fc01030100002041c086fd6acdab3412010002000000003f000080bf00001c41"
+                                       "0000a03f00000000000020c0cb7c";
+    const float samples[6] = {0.5f, -1.0f, 9.75f, 1.25f, 0.0f, -2.5f};
+    fws_info_t info = {3u, 10.0f, 1795000000u, 0x1234ABCDu, FWS_REASON_ANOMALY};
+    uint8_t out[FWS_LEN(3u, 2u) + 1u];
+    uint8_t in_place[FWS_LEN(3u, 2u)];
+    char hex[2u * sizeof out + 1u];
+    size_t i;
+
+    memset(out, 0xAA, sizeof out);
+    CHECK_EQ(FWS_LEN(3u, 2u), 46);
+    CHECK_EQ(fws_pack(&info, samples, 2u, out, sizeof out), FWS_LEN(3u, 2u));
+    for (i = 0; i < FWS_LEN(3u, 2u); i++) {
+        sprintf(hex + 2u * i, "%02x", out[i]);
+    }
+    CHECK(strcmp(hex, expected_hex) == 0);
+    CHECK_EQ(out[FWS_LEN(3u, 2u)], 0xAA);
+    CHECK_EQ(get_u16(out, FWS_LEN(3u, 2u) - FWS_CRC_LEN), fwt_crc16(out, FWS_LEN(3u, 2u) - FWS_CRC_LEN));
+
+    memcpy(in_place + FWS_HEADER_LEN, samples, sizeof samples);
+    CHECK_EQ(fws_pack_in_place(&info, 2u, in_place, sizeof in_place), FWS_LEN(3u, 2u));
+    CHECK(memcmp(in_place, out, sizeof in_place) == 0);
+}
+
+/* Bad arguments write nothing and return 0. */
+static void test_snippet_refusals(void)
+{
+    const float samples[4] = {1.0f, 2.0f, 3.0f, 4.0f};
+    fws_info_t info = {2u, 1.0f, 0u, 0u, FWS_REASON_REQUESTED};
+    uint8_t out[FWS_LEN(2u, 2u)];
+
+    memset(out, 0x55, sizeof out);
+    CHECK_EQ(fws_pack(&info, samples, 2u, out, sizeof out - 1u), 0);
+    CHECK_EQ(fws_pack(&info, samples, 0u, out, sizeof out), 0);
+    CHECK_EQ(fws_pack(&info, NULL, 2u, out, sizeof out), 0);
+    CHECK_EQ(fws_pack(NULL, samples, 2u, out, sizeof out), 0);
+    CHECK_EQ(fws_pack(&info, samples, 2u, NULL, sizeof out), 0);
+    info.interval_ms = 0.0f;
+    CHECK_EQ(fws_pack(&info, samples, 2u, out, sizeof out), 0);
+    info.interval_ms = 1.0f;
+    info.channels = 0u;
+    CHECK_EQ(fws_pack(&info, samples, 2u, out, sizeof out), 0);
+    info.channels = FWS_MAX_CHANNELS + 1u;
+    CHECK_EQ(fws_pack_in_place(&info, 1u, out, sizeof out), 0);
+    CHECK_EQ(out[0], 0x55);
+    info.channels = 2u;
+    CHECK_EQ(fws_pack(&info, samples, 2u, out, sizeof out), FWS_LEN(2u, 2u));
+    CHECK_EQ(out[0], FWS_MAGIC);
+    CHECK_EQ(get_u16(out, 18), 2);
+    CHECK_EQ(get_u32(out, 8), 0);
+}
+
 int main(void)
 {
     test_crc();
@@ -528,6 +585,8 @@ int main(void)
     test_input_saturation();
     test_latency_percentiles_bound();
     test_latency_every_bucket();
+    test_snippet_known_bytes();
+    test_snippet_refusals();
     printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }
