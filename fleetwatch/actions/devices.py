@@ -24,11 +24,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-import paho.mqtt.client as mqtt
 import requests
-from paho.mqtt.enums import CallbackAPIVersion
 
 from fleetwatch.config import MqttConfig, NotehubConfig
+from fleetwatch.mqttclient import connect, new_client
 
 if TYPE_CHECKING:
     from fleetwatch.actions.rollout_config import RolloutConfig, RolloutNotehubConfig
@@ -56,7 +55,7 @@ class Commander(Protocol):
 
 
 class MqttCommander:
-    """Retained QoS 1 publishes, one short MQTT v5 connection per batch (commands are rare)."""
+    """Retained QoS 1 publishes, one short MQTT connection per batch (commands are rare)."""
 
     fleet_wide = False
 
@@ -66,23 +65,10 @@ class MqttCommander:
         self.config, self.topic, self.timeout_s = config, topic, timeout_s
 
     def send(self, commands: Sequence[tuple[str, bytes]]) -> dict[str, str | None]:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"{self.config.client_id}-rollout-{time.time_ns()}",
-            protocol=mqtt.MQTTv5,
-        )
-        user, password = self.config.credentials()
-        if user:
-            client.username_pw_set(user, password)
-        if self.config.tls:
-            client.tls_set(
-                ca_certs=str(self.config.tls_ca) if self.config.tls_ca else None,
-                certfile=str(self.config.tls_cert) if self.config.tls_cert else None,
-                keyfile=str(self.config.tls_key) if self.config.tls_key else None,
-            )
+        client = new_client(self.config, f"{self.config.client_id}-rollout-{time.time_ns()}")
         client.max_inflight_messages_set(100)
         try:
-            client.connect(self.config.host, self.config.port, self.config.keepalive_s)
+            connect(client, self.config)
         except OSError as exc:
             return dict.fromkeys(
                 (d for d, _ in commands), f"MQTT connect to {self.config.host}:{self.config.port}: {exc}"
