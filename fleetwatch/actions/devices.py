@@ -24,6 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+import paho.mqtt.client as mqtt
 import requests
 
 from fleetwatch.config import MqttConfig, NotehubConfig
@@ -55,25 +56,36 @@ class Commander(Protocol):
 
 
 class MqttCommander:
-    """Retained QoS 1 publishes, one short MQTT connection per batch (commands are rare)."""
+    """Retained QoS 1 publishes, one short MQTT connection per batch (commands are rare).
+
+    `stay_connected` keeps one connection open from the first batch until `close()`: for brokers that
+    acknowledge a publish before routing it and drop what is not yet routed when the publisher disconnects
+    (the demo's embedded amqtt 0.12 broker does).
+    """
 
     fleet_wide = False
 
-    def __init__(self, config: MqttConfig, topic: str = "fleet/{device}/cmd/ota", timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        config: MqttConfig,
+        topic: str = "fleet/{device}/cmd/ota",
+        timeout_s: float = 30.0,
+        *,
+        stay_connected: bool = False,
+    ) -> None:
         if not config.url:
             raise ValueError("mqtt.url is not set: rollout commands over MQTT need a broker")
         self.config, self.topic, self.timeout_s = config, topic, timeout_s
+        self.stay_connected = stay_connected
+        self._client: mqtt.Client | None = None
 
     def send(self, commands: Sequence[tuple[str, bytes]]) -> dict[str, str | None]:
-        client = new_client(self.config, f"{self.config.client_id}-rollout-{time.time_ns()}")
-        client.max_inflight_messages_set(100)
         try:
-            connect(client, self.config)
+            client = self._client or self._connect()
         except OSError as exc:
             return dict.fromkeys(
                 (d for d, _ in commands), f"MQTT connect to {self.config.host}:{self.config.port}: {exc}"
             )
-        client.loop_start()
         try:
             infos = [
                 (device, client.publish(self.topic.format(device=device), wire, qos=1, retain=True))
@@ -88,8 +100,23 @@ class MqttCommander:
                 )
             return results
         finally:
-            client.disconnect()
-            client.loop_stop()
+            if self.stay_connected:
+                self._client = client
+            else:
+                _disconnect(client)
+
+    def close(self) -> None:
+        """Disconnect the connection kept by `stay_connected` (a no-op otherwise)."""
+        client, self._client = self._client, None
+        if client is not None:
+            _disconnect(client)
+
+    def _connect(self) -> mqtt.Client:
+        client = new_client(self.config, f"{self.config.client_id}-rollout-{time.time_ns()}")
+        client.max_inflight_messages_set(100)
+        connect(client, self.config)
+        client.loop_start()
+        return client
 
     def status(self, devices: Sequence[str]) -> dict[str, str]:
         return {}
@@ -185,6 +212,11 @@ class NotehubCommander:
             log.warning("Notehub DFU status unavailable: %s", exc)
             return {}
         return {row.get("device_uid", ""): _dfu_text(row) for row in rows if row.get("device_uid")}
+
+
+def _disconnect(client: mqtt.Client) -> None:
+    client.disconnect()
+    client.loop_stop()
 
 
 def _command(wire: bytes) -> dict[str, Any]:
