@@ -22,7 +22,8 @@ scheduler (apscheduler cannot run faster than real time): `DriftRunner.check(win
 then `RolloutController.tick(window_end)`. So the drift alert reaches the webhook receiver, the judge
 rolls the canary back, the devices receive the signed rollback command over MQTT and report the
 baseline model again. A summary says what happened and where the data is (`--keep DIR` keeps it, with a
-`fleetwatch.toml` for `fleetwatch report`, `alerts list` and `rollout status`).
+`fleetwatch.toml` for `fleetwatch report`, `alerts list` and `rollout status`). `--store` writes to another
+store, e.g. an InfluxDB that Grafana shows.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import ValidationError
 from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
@@ -56,7 +58,7 @@ from fleetwatch.actions.rollout_config import RolloutConfig, public_key_path
 from fleetwatch.actions.signing import generate_private_key, write_key_pair
 from fleetwatch.actions.webhooks import OutboxWorker
 from fleetwatch.baselines import BaselineStore, fit_reference
-from fleetwatch.config import Settings
+from fleetwatch.config import Settings, StoreConfig, mask_url
 from fleetwatch.daemon import Daemon
 from fleetwatch.drift.runner import runner_from_settings
 from fleetwatch.drift.scopes import read_inventory
@@ -88,6 +90,7 @@ class DemoOptions:
     seed: int = 1
     keep: Path | None = None
     broker: BrokerChoice = "auto"
+    store: str | None = None
 
     @property
     def windows(self) -> int:
@@ -99,6 +102,11 @@ class DemoOptions:
             raise ValueError("--devices: at least 20 (the rollout needs canary and control devices)")
         if self.pace_s <= 0:
             raise ValueError("--pace must be > 0")
+        if self.store is not None:
+            try:
+                StoreConfig(url=self.store)
+            except ValidationError as exc:
+                raise ValueError(f"--store: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
         if self.keep is not None and self.keep.exists() and any(self.keep.iterdir()):
             raise ValueError(f"--keep {self.keep}: give a new or empty directory")
         if self.windows < MIN_WINDOWS:
@@ -250,6 +258,7 @@ class Demo:
             data_dir=data,
             mqtt={"url": broker.url, "protocol": broker.mqtt_protocol, "client_id": "fleetwatch-demo"},
             http={"listen": "127.0.0.1:0"},
+            store={"url": self.options.store or ""},
             fleet={"inventory": data / "inventory.csv"},
             drift={"window_s": HOUR, "enabled": False},
             pipeline={"batch_wait_s": 0.05},
@@ -273,6 +282,7 @@ class Demo:
                 "group_by": ["site"],
                 "group_window_s": 0,
                 "resolve_after": 3,
+                "cooldown_minutes": 24 * 60,
                 "delivery": {"poll_interval_s": 0.2},
             }
         )
@@ -472,9 +482,10 @@ class Demo:
     def write_config(self) -> Path:
         """A fleetwatch.toml for the kept directory: the same store, state and inventory."""
         path = self.workdir / "fleetwatch.toml"
+        store = f'\n[store]\nurl = "{self.options.store}"\n' if self.options.store else ""
         path.write_text(
             "# Written by `fleetwatch demo --keep`: the demo's store, state, baselines and inventory.\n"
-            f'data_dir = "{self.workdir}"\n\n[fleet]\ninventory = "{self.workdir / "inventory.csv"}"\n',
+            f'data_dir = "{self.workdir}"\n\n[fleet]\ninventory = "{self.workdir / "inventory.csv"}"\n{store}',
             encoding="utf-8",
         )
         return path
@@ -558,17 +569,20 @@ def summary(story: Story) -> list[str]:
         )
     else:
         lines.append(f"  rollout: {WORSE_NAME} is {story.rollout_state} (started at window {timeline.rollout})")
+    if options.store:
+        lines.append(f"  store:   {mask_url(options.store)} (for Grafana: dashboards/, docs/dashboards.md)")
     if options.keep:
         config = story.workdir / "fleetwatch.toml"
         lines += [
-            f"  data:    kept in {story.workdir} (store/, state.db, baselines/, demo.log)",
+            f"  data:    kept in {story.workdir} (state.db, baselines/, demo.log"
+            + (")" if options.store else ", store/)"),
             f"           fleetwatch rollout status -c {config}",
             f"           fleetwatch alerts list --state {story.workdir / 'state.db'}",
             f"           fleetwatch report -c {config} --cohort site={DRIFT_SITE} --from {story.first_time} "
             f"--to {story.simulated_time} -o north.html",
         ]
     else:
-        lines.append("  data:    removed (run with --keep DIR to keep the store for `fleetwatch report` and Grafana)")
+        lines.append("  data:    removed (run with --keep DIR to keep it for `fleetwatch report`, `alerts`, `rollout`)")
     if not story.complete and not story.interrupted:
         lines.append("  the story did not finish in time: try a longer --duration")
     return lines

@@ -49,17 +49,20 @@ def _demo(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
-def test_the_story_happens(tmp_path: Path, broker: str) -> None:
+@pytest.mark.parametrize(
+    ("broker", "store"), [("mosquitto", "embedded"), ("embedded", "embedded"), ("auto", "influxdb")]
+)
+def test_the_story_happens(tmp_path: Path, broker: str, store: str, request: pytest.FixtureRequest) -> None:
     keep = tmp_path / "demo"
+    options = ["--store", request.getfixturevalue("influx_db")] if store == "influxdb" else []
     started = time.monotonic()
-    result = _demo(*SHORT, "--broker", broker, "--keep", str(keep))
+    result = _demo(*SHORT, "--broker", broker, "--keep", str(keep), *options)
     elapsed = time.monotonic() - started
-    print(f"demo with {broker}: {elapsed:.1f} s\n{result.stdout}")
+    print(f"demo with {broker} broker, {store} store: {elapsed:.1f} s\n{result.stdout}")
     assert result.returncode == 0, result.stdout + result.stderr
 
     out = result.stdout
-    protocol = "MQTT 5" if broker == "mosquitto" else "MQTT 3.1.1"
+    protocol = "MQTT 3.1.1" if broker == "embedded" else "MQTT 5"
     assert protocol in out
     alert = re.search(r"drift: +alert sent for site=north at window (\d+) \(drift injected at window (\d+)\)", out)
     assert alert and int(alert[2]) <= int(alert[1]) <= int(alert[2]) + 2, out
@@ -68,6 +71,9 @@ def test_the_story_happens(tmp_path: Path, broker: str) -> None:
     assert f"kept in {keep}" in out
 
     settings = load_config(keep / "fleetwatch.toml")
+    assert settings.store_url == (options[1] if options else f"embedded://{keep / 'store'}")
+    status_text = CliRunner().invoke(main, ["rollout", "status", "-c", str(keep / "fleetwatch.toml")]).output
+    assert status_text.startswith(f"{WORSE_NAME}: rolled_back"), status_text
     db = StateDB(settings.state_path)
     status = RolloutLog(db).status(WORSE_NAME)[0]
     assert status["state"] == "rolled_back" and status["verdict"]["verdict"] == "rollback"
@@ -117,6 +123,8 @@ def test_ctrl_c_stops_cleanly_with_a_summary(tmp_path: Path) -> None:
 def test_bad_options_are_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["demo", "--duration", "3", "--no-live"])
     assert result.exit_code == 2 and "the story needs at least 10" in result.output
+    result = CliRunner().invoke(main, ["demo", "--store", "http://127.0.0.1:8086/fleet", "--no-live"])
+    assert result.exit_code == 2 and "--store: expected embedded:///path/to/dir or influxdb://" in result.output
     (tmp_path / "old").write_text("x")
     result = CliRunner().invoke(main, ["demo", "--keep", str(tmp_path), "--no-live"])
     assert result.exit_code == 2 and "give a new or empty directory" in result.output

@@ -7,12 +7,13 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import cast
 
 import click
 from rich.console import Console
 from rich.live import Live
 
-from fleetwatch.demo import DemoOptions, Story, run, status_line, summary, view
+from fleetwatch.demo import BrokerChoice, DemoOptions, Story, run, status_line, summary, view
 from fleetwatch.localservers import ServerError
 
 INTERRUPTED = 130
@@ -26,8 +27,14 @@ INTERRUPTED = 130
 @click.option(
     "--keep",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Keep the store, state and logs in DIR, with a fleetwatch.toml for `fleetwatch report` and Grafana "
-    "(default: a temporary directory, removed at the end).",
+    help="Keep the store, state and logs in DIR (new or empty), with a fleetwatch.toml for `fleetwatch report`, "
+    "`alerts list` and `rollout status` (default: a temporary directory, removed at the end).",
+)
+@click.option(
+    "--store",
+    metavar="URL",
+    help="Store URL (default: the embedded store in the work directory); an InfluxDB such as "
+    "influxdb://127.0.0.1:8086/fleet (made with `fleetwatch influx setup`) lets Grafana show the run.",
 )
 @click.option(
     "--broker",
@@ -36,9 +43,18 @@ INTERRUPTED = 130
     show_default=True,
     help="auto: a local mosquitto when installed, else the embedded amqtt broker (pip install 'fleetwatch[demo]').",
 )
-@click.option("--no-live", is_flag=True, help="Plain log lines instead of the live view (CI, no terminal).")
+@click.option(
+    "--no-live", is_flag=True, help="Plain log lines instead of the live view (automatic when not on a terminal)."
+)
 def command(
-    devices: int, duration: float, pace: float, seed: int, keep: Path | None, broker: str, no_live: bool
+    devices: int,
+    duration: float,
+    pace: float,
+    seed: int,
+    keep: Path | None,
+    store: str | None,
+    broker: str,
+    no_live: bool,
 ) -> None:
     """Run a simulated fleet through the real pipeline: MQTT ingest, drift alert to a webhook, canary rollback.
 
@@ -49,7 +65,15 @@ def command(
     Exit status: 0 when the story completed, 1 when it did not finish in time (or could not start),
     130 after Ctrl-C (everything is stopped cleanly and the summary printed first).
     """
-    options = DemoOptions(devices=devices, duration_s=duration, pace_s=pace, seed=seed, keep=keep, broker=broker)  # type: ignore[arg-type]
+    options = DemoOptions(
+        devices=devices,
+        duration_s=duration,
+        pace_s=pace,
+        seed=seed,
+        keep=keep,
+        broker=cast(BrokerChoice, broker),
+        store=store,
+    )
     try:
         options.check()
     except ValueError as exc:
