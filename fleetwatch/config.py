@@ -66,6 +66,11 @@ class MqttConfig(Section):
     url: str | None = Field(
         None, description="Broker, mqtt://host:port or mqtts://host:port (TLS); user:password@ allowed. Unset: no MQTT."
     )
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5",
+        description="MQTT version: 5, or 3.1.1 for brokers without v5 (the demo's embedded broker); 3.1.1 has no "
+        "session expiry or receive maximum (the broker's own limits apply) but keeps the persistent session.",
+    )
     topic: str = Field("fleet/+/telemetry", description="Subscription; the `+` level is the device id.")
     client_id: str = Field(
         "fleetwatch", description="Fixed client id: the broker keeps the session (and unacked messages) under it."

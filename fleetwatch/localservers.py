@@ -12,15 +12,20 @@ removed on exit.
 
 The binaries come from Debian packages: `mosquitto` (/usr/sbin/mosquitto) and `influxdb` 1.x
 (/usr/bin/influxd). They are looked up on PATH and in the sbin directory beside each bin directory on it.
+Where no mosquitto is installed, `EmbeddedBroker` runs the amqtt broker (PyPI `amqtt`, the `demo` extra)
+in this process instead: MQTT 3.1.1 only, no persistence, for the demo.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -28,9 +33,10 @@ import urllib.request
 from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 HOST = "127.0.0.1"
+log = logging.getLogger(__name__)
 _LOG_TAIL_LINES = 40
 
 
@@ -190,6 +196,7 @@ class Mosquitto(LocalServer):
     name = "mosquitto"
     binary_name = "mosquitto"
     package = "mosquitto"
+    mqtt_protocol: ClassVar[str] = "5"
 
     def __init__(
         self,
@@ -344,3 +351,89 @@ bind-address = "{HOST}:0"
                 return response.status == 204 and response.headers.get("X-Influxdb-Version") is not None
         except (OSError, urllib.error.URLError):
             return False
+
+
+class EmbeddedBroker:
+    """The amqtt broker on a free loopback port, in an asyncio loop on a thread of this process.
+
+    Anonymous access, QoS 0-2, retained messages and persistent sessions while it runs; MQTT 3.1.1 only
+    (clients must set `mqtt.protocol = "3.1.1"`). `start()` and `stop()` as with `Mosquitto`.
+    """
+
+    mqtt_protocol: ClassVar[str] = "3.1.1"
+
+    def __init__(self, *, startup_timeout: float = 30.0) -> None:
+        try:
+            from amqtt.broker import Broker
+        except ImportError:
+            raise ServerError(
+                "the embedded MQTT broker needs amqtt: pip install 'fleetwatch[demo]' (or install mosquitto)"
+            ) from None
+        self._broker_type = Broker
+        self.port = free_port()
+        self.startup_timeout = startup_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._broker: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{HOST}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._broker is not None
+
+    def start(self) -> Self:
+        """Start the broker and wait until it listens; a no-op when it runs. Raises ServerError."""
+        if self.running:
+            return self
+        loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=loop.run_forever, name="fleetwatch-amqtt", daemon=True)
+        self._thread.start()
+        self._loop = loop
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{HOST}:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+
+        async def launch() -> Any:
+            broker = self._broker_type(config)
+            await broker.start()
+            return broker
+
+        try:
+            self._broker = asyncio.run_coroutine_threadsafe(launch(), loop).result(self.startup_timeout)
+        except Exception as exc:
+            self._stop_loop()
+            raise ServerError(f"embedded MQTT broker (amqtt) on {HOST}:{self.port} did not start: {exc}") from exc
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Shut the broker down (clients are disconnected) and end its thread."""
+        broker, self._broker = self._broker, None
+        if broker is not None and self._loop is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(broker.shutdown(), self._loop).result(timeout)
+            except Exception as exc:  # its loop is stopped below all the same
+                log.warning("embedded MQTT broker did not shut down cleanly: %s", exc)
+        self._stop_loop()
+
+    def close(self) -> None:
+        self.stop()
+
+    def _stop_loop(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+        if loop is not None and not loop.is_running():
+            loop.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()

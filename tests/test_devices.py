@@ -1,10 +1,10 @@
 """Commands to devices, over real transports.
 
-- MQTT: a real mosquitto, the daemon's real MQTT ingest into the embedded store, and 40 simulated devices,
-  each its own paho client: it subscribes to `fleet/<id>/cmd/ota`, verifies every command with the
-  server's public key (signature, device, expiry, replay), runs what the command says from the next
-  window on (the `FleetSimulator` draws its telemetry) and publishes its frames (`encode_frames`) to
-  `fleet/<id>/telemetry`. A rollout of a worse model goes stage 1 -> judged rollback -> devices revert.
+- MQTT: a real mosquitto, the daemon's real MQTT ingest into the embedded store, and 40 simulated devices
+  (`fleetwatch.simulate.devices`), each its own paho client: it subscribes to `fleet/<id>/cmd/ota`,
+  verifies every command with the server's public key (signature, device, expiry, replay), runs what the
+  command says from the next window on (the `FleetSimulator` draws its telemetry) and publishes its frames
+  to `fleet/<id>/telemetry`. A rollout of a worse model goes stage 1 -> judged rollback -> devices revert.
 - Notehub API: a real local HTTP server stands in for api.notefile.net and records every request; the
   test checks the exact paths, query parameters and bodies the commander sends, and its error handling.
 """
@@ -21,20 +21,18 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
-from paho.mqtt.enums import CallbackAPIVersion
 
 from fleetwatch.actions.devices import MqttCommander, NotehubClient, NotehubCommander
 from fleetwatch.actions.rollout import Artifact, Plan, RolloutController, RolloutLog, command, select_devices
 from fleetwatch.actions.rollout_config import RolloutConfig, RolloutNotehubConfig
-from fleetwatch.actions.signing import SignatureError, generate_private_key, sign_command, verify_command
+from fleetwatch.actions.signing import generate_private_key, sign_command, verify_command
 from fleetwatch.config import Settings
 from fleetwatch.daemon import Daemon
 from fleetwatch.frames import Registry
 from fleetwatch.localservers import Mosquitto
 from fleetwatch.simulate import FleetSimulator, FleetSpec, ModelProfile, model_crc
+from fleetwatch.simulate.devices import DeviceFleet
 from fleetwatch.state import StateDB
 
 HOUR = 3600
@@ -49,50 +47,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-# -- MQTT: simulated devices that obey signed commands ---------------------------------------------------
-class Device:
-    """A device with its own MQTT client that runs the model its last accepted command names."""
-
-    def __init__(self, device_id: str, port: int, key: ec.EllipticCurvePublicKey, clock: Callable[[], int]) -> None:
-        self.id, self.key, self.clock = device_id, key, clock
-        self.model = BASELINE
-        self.last_issued = 0
-        self.accepted: list[dict[str, Any]] = []
-        self.refused: list[str] = []
-        self.subscribed = threading.Event()
-        self.online = False
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"fleet/{device_id}/cmd/ota", qos=1)
-        self.client.on_subscribe = lambda *args: self.subscribed.set()
-        self.client.on_message = self._on_command
-        self.port = port
-
-    def connect(self) -> None:
-        self.client.connect("127.0.0.1", self.port)
-        self.client.loop_start()
-        self.online = True
-
-    def _on_command(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        try:
-            cmd = verify_command(bytes(message.payload), self.key)
-        except SignatureError as exc:
-            self.refused.append(str(exc))
-            return
-        if cmd["device"] not in (self.id, "*") or self.clock() >= cmd["expires"] or cmd["issued"] <= self.last_issued:
-            self.refused.append(f"device/expiry/replay check failed: {cmd}")
-            return
-        self.last_issued = cmd["issued"]
-        self.model = cmd["model_id"]
-        self.accepted.append(cmd)
-
-    def publish(self, frame: bytes) -> mqtt.MQTTMessageInfo:
-        return self.client.publish(f"fleet/{self.id}/telemetry", frame, qos=1)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
+# -- MQTT: simulated devices that obey signed commands (fleetwatch.simulate.devices) ---------------------
 @pytest.fixture
 def daemon(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Daemon]:
     settings = Settings(
@@ -113,11 +68,9 @@ def test_rollout_over_mqtt_stage_judged_rollback_devices_revert(daemon: Daemon, 
     spec = FleetSpec(
         n_devices=40, seed=21, window_s=HOUR, model_id=BASELINE, models={WORSE: ModelProfile(anomaly_factor=4.0)}
     )
-    sim = FleetSimulator(spec)
-    ids = sim.fleet.ids.tolist()
     key = generate_private_key()
-    clock = {"now": spec.start}
-    devices = {d: Device(d, mosquitto.port, key.public_key(), lambda: clock["now"]) for d in ids}
+    fleet = DeviceFleet(FleetSimulator(spec), daemon.settings.mqtt, key.public_key())
+    sim, ids, devices = fleet.sim, fleet.ids, fleet.devices
     inventory = {d: {"site": str(site)} for d, site in zip(ids, sim.fleet.tags["site"].tolist(), strict=True)}
     plan = Plan(
         "model",
@@ -131,10 +84,7 @@ def test_rollout_over_mqtt_stage_judged_rollback_devices_revert(daemon: Daemon, 
     selection = select_devices(inventory, stages=plan.stages, control_pct=plan.control_pct, seed=plan.seed)
     canary, control = selection.canary_at(0), list(selection.control)
     late = canary[0]  # offline when the command goes out: gets the retained desired state on connecting
-    for d in ids:
-        if d != late:
-            devices[d].connect()
-    wait_for(lambda: all(devices[d].subscribed.is_set() for d in ids if d != late), 10, "devices subscribed")
+    fleet.connect(d for d in ids if d != late)
 
     config = RolloutConfig.model_validate({"bake_s": 4 * HOUR, "judge": {"min_devices": 5}})
     commander = MqttCommander(daemon.settings.mqtt, config.command_topic, timeout_s=10)
@@ -144,17 +94,11 @@ def test_rollout_over_mqtt_stage_judged_rollback_devices_revert(daemon: Daemon, 
     def window() -> int:
         """Every device runs its model for one window and the online ones publish their frames; returns the
         window's end."""
-        for i, d in enumerate(ids):
-            if devices[d].model != sim.deployed.model_id[i]:
-                sim.deploy([i], devices[d].model, "1.0.0")
-        start = spec.start + sim.next_window * HOUR
-        clock["now"] = start
-        frames = sim.step().frames()
-        online = [i for i, d in enumerate(ids) if devices[d].online]
-        for info in [devices[ids[i]].publish(frames[i].tobytes()) for i in online]:
-            info.wait_for_publish(10)
+        start = fleet.now()
+        online = sum(device.online for device in devices.values())
+        fleet.window()
         wait_for(
-            lambda: len(daemon.store.read_frames(start, start + 1, schema=schema)["device"]) == len(online),
+            lambda: len(daemon.store.read_frames(start, start + 1, schema=schema)["device"]) == online,
             15,
             "frames stored",
         )
@@ -163,7 +107,7 @@ def test_rollout_over_mqtt_stage_judged_rollback_devices_revert(daemon: Daemon, 
     window()
     started = controller.start("kws-worse", plan, selection, now=spec.start + HOUR, actor="erin@cli")
     assert started[-1].reason == "10 of 10 commands delivered (10 target, 0 baseline)"
-    devices[late].connect()
+    fleet.connect([late])
     wait_for(lambda: all(devices[d].model == WORSE for d in canary), 10, "canary devices on the new model")
     assert all(devices[d].model == BASELINE for d in control)
 
@@ -183,7 +127,8 @@ def test_rollout_over_mqtt_stage_judged_rollback_devices_revert(daemon: Daemon, 
 
     wait_for(lambda: all(devices[d].model == BASELINE for d in canary), 10, "canary devices back on the baseline")
     window()
-    stored = daemon.store.read_frames(clock["now"], clock["now"] + 1, schema=schema)
+    last = fleet.now() - HOUR
+    stored = daemon.store.read_frames(last, last + 1, schema=schema)
     assert sorted(stored["device"].tolist()) == sorted(ids)
     assert set(stored["model_id"].tolist()) == {str(BASELINE)}
     for d in canary:
@@ -191,8 +136,7 @@ def test_rollout_over_mqtt_stage_judged_rollback_devices_revert(daemon: Daemon, 
         assert devices[d].accepted[1]["rollback_model_id"] == BASELINE
     assert all(not devices[d].accepted for d in control)
     assert not any(device.refused for device in devices.values())
-    for device in devices.values():
-        device.close()
+    fleet.close()
 
 
 # -- Notehub API: a recording stand-in server ------------------------------------------------------------

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import paho.mqtt.client as mqtt
 import requests
-from paho.mqtt.enums import CallbackAPIVersion
 
 from fleetwatch.config import MqttConfig, NotehubConfig
+from fleetwatch.mqttclient import connect, new_client
 
 if TYPE_CHECKING:
     from fleetwatch.actions.rollout_config import RolloutConfig, RolloutNotehubConfig
@@ -56,38 +56,36 @@ class Commander(Protocol):
 
 
 class MqttCommander:
-    """Retained QoS 1 publishes, one short MQTT v5 connection per batch (commands are rare)."""
+    """Retained QoS 1 publishes, one short MQTT connection per batch (commands are rare).
+
+    `stay_connected` keeps one connection open from the first batch until `close()`: for brokers that
+    acknowledge a publish before routing it and drop what is not yet routed when the publisher disconnects
+    (the demo's embedded amqtt 0.12 broker does).
+    """
 
     fleet_wide = False
 
-    def __init__(self, config: MqttConfig, topic: str = "fleet/{device}/cmd/ota", timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        config: MqttConfig,
+        topic: str = "fleet/{device}/cmd/ota",
+        timeout_s: float = 30.0,
+        *,
+        stay_connected: bool = False,
+    ) -> None:
         if not config.url:
             raise ValueError("mqtt.url is not set: commands to devices over MQTT need a broker")
         self.config, self.topic, self.timeout_s = config, topic, timeout_s
+        self.stay_connected = stay_connected
+        self._client: mqtt.Client | None = None
 
     def send(self, commands: Sequence[tuple[str, bytes]]) -> dict[str, str | None]:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"{self.config.client_id}-rollout-{time.time_ns()}",
-            protocol=mqtt.MQTTv5,
-        )
-        user, password = self.config.credentials()
-        if user:
-            client.username_pw_set(user, password)
-        if self.config.tls:
-            client.tls_set(
-                ca_certs=str(self.config.tls_ca) if self.config.tls_ca else None,
-                certfile=str(self.config.tls_cert) if self.config.tls_cert else None,
-                keyfile=str(self.config.tls_key) if self.config.tls_key else None,
-            )
-        client.max_inflight_messages_set(100)
         try:
-            client.connect(self.config.host, self.config.port, self.config.keepalive_s)
+            client = self._client or self._connect()
         except OSError as exc:
             return dict.fromkeys(
                 (d for d, _ in commands), f"MQTT connect to {self.config.host}:{self.config.port}: {exc}"
             )
-        client.loop_start()
         try:
             infos = [
                 (device, client.publish(self.topic.format(device=device), wire, qos=1, retain=True))
@@ -102,8 +100,23 @@ class MqttCommander:
                 )
             return results
         finally:
-            client.disconnect()
-            client.loop_stop()
+            if self.stay_connected:
+                self._client = client
+            else:
+                _disconnect(client)
+
+    def close(self) -> None:
+        """Disconnect the connection kept by `stay_connected` (a no-op otherwise)."""
+        client, self._client = self._client, None
+        if client is not None:
+            _disconnect(client)
+
+    def _connect(self) -> mqtt.Client:
+        client = new_client(self.config, f"{self.config.client_id}-rollout-{time.time_ns()}")
+        client.max_inflight_messages_set(100)
+        connect(client, self.config)
+        client.loop_start()
+        return client
 
     def status(self, devices: Sequence[str]) -> dict[str, str]:
         return {}
@@ -201,6 +214,11 @@ class NotehubCommander:
             log.warning("Notehub DFU status unavailable: %s", exc)
             return {}
         return {row.get("device_uid", ""): _dfu_text(row) for row in rows if row.get("device_uid")}
+
+
+def _disconnect(client: mqtt.Client) -> None:
+    client.disconnect()
+    client.loop_stop()
 
 
 def _command(wire: bytes) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Fleet scenario generator: schema-1 telemetry of a simulated TinyML fleet, pure, vectorised and seeded.
 
 Feeds the tests, the benchmarks, the demo and the drift-quality benchmark. Nothing here does I/O or reads
-the clock: time is `FleetSpec.start` plus window index times `window_s`.
+the clock: time is `FleetSpec.start` plus window index times `window_s`. The one exception is
+`fleetwatch.simulate.devices` (not imported here): simulated devices as MQTT clients on a real broker.
 
 The model (parameters are `FleetSpec` fields; d = device, k = window, c = input channel)
 -------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""MQTT source (paho-mqtt 2.x, MQTT v5): QoS 1, persistent session, optional shared subscription, TLS.
+"""MQTT source (paho-mqtt 2.x, MQTT v5 or 3.1.1): QoS 1, persistent session, optional shared subscription, TLS.
 
 Messages are acknowledged manually, only once their frames are durable (see pipeline.py), so a
 `kill -9` of the daemon loses nothing the broker accepted: the broker keeps unacknowledged messages in
@@ -14,12 +14,10 @@ import time
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fleetwatch.config import MqttConfig
+from fleetwatch.mqttclient import connect, new_client
 from fleetwatch.pipeline import Message
 
 log = logging.getLogger(__name__)
@@ -37,33 +35,14 @@ class MqttSource:
         self._intake = threading.Event()
         self._intake.set()
         self.connected = threading.Event()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=config.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
-        user, password = config.credentials()
-        if user:
-            self.client.username_pw_set(user, password)
-        if config.tls:
-            self.client.tls_set(
-                ca_certs=str(config.tls_ca) if config.tls_ca else None,
-                certfile=str(config.tls_cert) if config.tls_cert else None,
-                keyfile=str(config.tls_key) if config.tls_key else None,
-            )
+        self.client = new_client(config, config.client_id, manual_ack=True, persistent=True)
         self.client.reconnect_delay_set(int(config.reconnect_min_s), int(config.reconnect_max_s))
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
     def start(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.config.session_expiry_s
-        props.ReceiveMaximum = self.config.receive_maximum
-        self.client.connect_async(
-            self.config.host, self.config.port, self.config.keepalive_s, clean_start=False, properties=props
-        )
+        connect(self.client, self.config, persistent=True, wait=False)
         self.client.loop_start()
 
     def stop_intake(self) -> None:
