@@ -56,6 +56,7 @@ def build_pipeline(settings: Settings, db: StateDB, store: Store, metrics: Metri
         batch_max=p.batch_max_messages,
         batch_wait_s=p.batch_wait_s,
         replay_interval_s=p.replay_interval_s,
+        spool_max_bytes=p.spool_max_bytes,
     )
 
 

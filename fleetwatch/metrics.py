@@ -41,6 +41,11 @@ class Metrics:
         )
         self.queue_depth = Gauge("fleetwatch_queue_depth", "Messages waiting in the ingest queue", registry=r)
         self.spool_bytes = Gauge("fleetwatch_spool_bytes", "Bytes waiting in the disk spool", registry=r)
+        self.spool_full = Gauge(
+            "fleetwatch_spool_full",
+            "1 while ingest is held because the spool is at pipeline.spool_max_bytes",
+            registry=r,
+        )
         self.http_requests = Counter(
             "fleetwatch_http_requests", "HTTP requests by route and status", ["route", "status"], registry=r
         )

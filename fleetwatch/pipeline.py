@@ -31,6 +31,10 @@ from fleetwatch.spool import Spool
 log = logging.getLogger(__name__)
 
 
+class SpoolFull(Exception):
+    """The spool is at its cap and the pipeline is stopping: the batch was not made durable or acknowledged."""
+
+
 @dataclass
 class Message:
     """One transport message (one or several frames back to back) and where it came from."""
@@ -76,6 +80,7 @@ class Pipeline:
         batch_max: int = 5_000,
         batch_wait_s: float = 0.2,
         replay_interval_s: float = 2.0,
+        spool_max_bytes: int = 10 << 30,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -86,6 +91,7 @@ class Pipeline:
         self._batch_max = batch_max
         self._batch_wait = batch_wait_s
         self._replay_interval = replay_interval_s
+        self._spool_max = spool_max_bytes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.metrics.spool_bytes.set(spool.pending_bytes())
@@ -181,20 +187,44 @@ class Pipeline:
         return stored, still_bad
 
     def _store_or_spool(self, batch: FrameBatch, transports: list[str], report: Report) -> None:
-        if self.spool.is_empty():
-            try:
-                report.stored += self._write(batch)
-                return
-            except SinkUnavailable as exc:
-                log.warning("store unavailable (%s): spooling", exc)
-            except SinkRejected as exc:
-                report.quarantined += self._quarantine_batch(batch, transports, exc)
-                return
         rows = batch.raw.view(np.uint8).reshape(len(batch), batch.schema.frame_len)
+        held = False
+        try:
+            while True:
+                if self.spool.is_empty():
+                    try:
+                        report.stored += self._write(batch)
+                        return
+                    except SinkUnavailable as exc:
+                        log.warning("store unavailable (%s): spooling", exc)
+                    except SinkRejected as exc:
+                        report.quarantined += self._quarantine_batch(batch, transports, exc)
+                        return
+                if self.spool.is_empty() or self.spool.pending_bytes() + rows.nbytes <= self._spool_max:
+                    break
+                held = held or self._hold()
+                if self._stop.wait(self._replay_interval):
+                    raise SpoolFull("stopped while the spool was full")
+                self._replay_safely()
+        finally:
+            if held:
+                self.metrics.spool_full.set(0)
         self.spool.append([r.tobytes() for r in rows], batch.device.tolist(), batch.received.tolist())
         report.spooled += len(batch)
         self.metrics.frames_spooled.inc(len(batch))
         self.metrics.spool_bytes.set(self.spool.pending_bytes())
+
+    def _hold(self) -> bool:
+        """The spool is at `spool_max_bytes` (the store has been down that long): this batch waits.
+
+        Nothing is acknowledged meanwhile: the queue fills, MQTT stops delivering (the broker keeps the
+        messages) and Notehub routes answer 503 and retry. The spool drains by replay once the store is
+        back; a batch is spooled when it fits or the spool is empty (the cap is exceeded by at most one
+        batch). Stopping meanwhile raises `SpoolFull`: the batch stays unacknowledged.
+        """
+        log.warning("spool full (pipeline.spool_max_bytes = %d): ingest held until the store is back", self._spool_max)
+        self.metrics.spool_full.set(1)
+        return True
 
     def _write(self, batch: FrameBatch) -> int:
         started = time.perf_counter()
@@ -261,6 +291,8 @@ class Pipeline:
     def _process_safely(self, batch: list[Message]) -> None:
         try:
             self.process(batch)
+        except SpoolFull:
+            log.warning("stopping with %d messages unacknowledged (spool full): their senders keep them", len(batch))
         except Exception as exc:  # a bug must not lose messages or kill the worker: keep them for replay
             log.exception("batch of %d messages failed; quarantining them", len(batch))
             reason = f"internal_error:{type(exc).__name__}"

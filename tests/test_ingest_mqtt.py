@@ -281,3 +281,25 @@ def test_fuzzed_payloads_never_crash_the_daemon(mosquitto, influx_db: str, daemo
     wait_for(lambda: sum(daemon.quarantine.counts().values()) == len(expected.rejects), 30, "every reject quarantined")
     assert daemon.quarantine.counts() == expected.reject_counts()
     assert requests.get(f"http://127.0.0.1:{daemon.http_port}/healthz", timeout=5).json()["ready"] is True
+
+
+def test_a_full_spool_holds_ingest_unacknowledged_until_the_store_is_back(
+    mosquitto, influxd, influx_db: str, daemon_factory
+) -> None:
+    cap = 40 * SCHEMA.frame_len  # pipeline.spool_max_bytes: fewer than 40 spooled records (frame + header)
+    daemon = daemon_factory(mosquitto.port, influx_db, spool_max_bytes=cap, batch_max_messages=20)
+    items = fleet_frames(devices=30, windows=4)
+    influxd.stop()
+    publisher = Publisher(mosquitto.port)
+    publisher.publish(items)
+    wait_for(lambda: daemon.metrics.spool_full._value.get() == 1, 30, "ingest held by the full spool")
+    held = daemon.metrics.frames_spooled._value.get()
+    assert 0 < held < 40 and daemon.pipeline.spool.pending_bytes() <= cap
+    time.sleep(1.0)  # held, not dropped: nothing more is spooled or quarantined while the store is down
+    assert daemon.metrics.frames_spooled._value.get() == held
+    assert sum(c._value.get() for c in daemon.metrics.frames_quarantined._metrics.values()) == 0
+    influxd.start()
+    wait_for(lambda: len(stored_points(influx_db)["time"]) == len(items), 60, "every frame stored")
+    publisher.close()
+    assert_exact(stored_points(influx_db), items)
+    assert daemon.metrics.spool_full._value.get() == 0
