@@ -700,7 +700,13 @@ def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" * len(values))
 
 
-def controller_from_settings(settings: Settings, db: StateDB, store: Store, config: RolloutConfig) -> RolloutController:
-    """The controller the daemon runs: commands over `config.transport`, signed with the configured key."""
+def controller_from_settings(
+    settings: Settings, db: StateDB, store: Store | None = None, *, commander: Commander | None = None
+) -> RolloutController:
+    """The controller the `[rollout]` section describes: commands over `rollout.transport` (or through
+    `commander`), signed with the configured key (ValueError naming the file when it cannot be read).
+    The daemon's scheduled `tick` needs `store`; the CLI's operator actions do not."""
+    config = settings.rollout
     key = load_private_key(config.signing_key_path(settings.data_dir))
-    return RolloutController(db, commander_from_settings(settings, config), config, key, store=store)
+    commander = commander or commander_from_settings(settings, config)
+    return RolloutController(db, commander, config, key, store=store)
