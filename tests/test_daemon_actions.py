@@ -1,5 +1,6 @@
-"""The daemon runs the actions side: drift findings become signed webhook alerts, and a rollout started
-from the CLI is judged and rolled back by the daemon's own scheduled controller step.
+"""The daemon runs the actions side: drift findings of its scheduled check become signed webhook alerts (and
+snippet requests to the drifted devices), and a rollout started from the CLI is judged and rolled back by
+the daemon's own scheduled controller step.
 
 Real servers only: a real mosquitto (the `mosquitto` fixture), the real embedded store, and
 `recording_server.Recorder`, a real HTTP server on 127.0.0.1 standing for a generic JSON webhook receiver
@@ -80,6 +81,7 @@ def test_drift_found_by_the_daemon_job_reaches_the_webhook_signed(tmp_path: Path
         http={"listen": "127.0.0.1:0"},
         fleet={"inventory": tmp_path / "inventory.csv"},
         pipeline={"batch_wait_s": 0.05},
+        snippets={"request_on_alert": True},
         alerts={
             "receivers": [webhook],
             "routes": [{"cohort": "site=*", "receivers": ["ops"]}],
@@ -119,6 +121,9 @@ def test_drift_found_by_the_daemon_job_reaches_the_webhook_signed(tmp_path: Path
         assert all(inventory[d] == "north" for d in devices)
         assert all(_verified(r) for r in receiver.received)
         assert north[0].headers["Idempotency-Key"] and north[0].path == "/hooks/fleetwatch"
+        requests_sent = {d: json.loads(w) for d, w in _retained(mosquitto, "fleet/+/cmd/snippet").items()}
+        assert set(requests_sent) == {d for d, site in inventory.items() if site == "north"}  # the snippets hook
+        assert {r["reason"] for r in requests_sent.values()} == {"drift"}
 
         text = requests.get(f"http://127.0.0.1:{daemon.http_port}/metrics", timeout=5).text
         sent = _metric(text, "fleetwatch_alert_deliveries_total")
