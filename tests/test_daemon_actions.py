@@ -199,6 +199,9 @@ def test_a_worse_canary_started_from_the_cli_is_rolled_back_by_the_running_daemo
         assert all(c["rollout_id"] == "kws-b" for c in commands.values())
         status = cli("rollout", "status", "kws-b")
         assert status.startswith("kws-b: rolled_back")
+        text = requests.get(f"http://127.0.0.1:{http_port}/metrics", timeout=5).text
+        assert _metric(text, "fleetwatch_rollouts")['{state="rolled_back"}'] == 1
+        assert _metric(text, "fleetwatch_rollout_stage") == {}  # no active rollout left
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(10) == 0
     finally:
