@@ -16,11 +16,15 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from fleetwatch.actions.config import AlertsConfig
+from fleetwatch.actions.rollout_config import RolloutConfig
+from fleetwatch.configbase import Section, check_command_topic, check_device_topic
 
 ENV_PREFIX = "FLEETWATCH_"
 
@@ -35,31 +39,6 @@ def default_data_dir() -> Path:
 
 class ConfigError(ValueError):
     """Configuration that cannot be used; the message names the key and what is expected."""
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors (a typo must not be ignored silently)."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _secret_files(cls, data: Any) -> Any:
-        """`<secret>_file = "/path"` reads the secret from that file (trailing newline stripped)."""
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        for name, info in cls.model_fields.items():
-            path = data.pop(f"{name}_file", None)
-            if path is None:
-                continue
-            if info.annotation not in (SecretStr, SecretStr | None):
-                raise ValueError(f"{name}_file: {name} is not a secret")
-            try:
-                data[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from None
-        return data
 
 
 class MqttConfig(Section):
@@ -139,20 +118,6 @@ class MqttConfig(Section):
     @property
     def subscription(self) -> str:
         return f"$share/{self.shared_group}/{self.topic}" if self.shared_group else self.topic
-
-
-def check_device_topic(value: str) -> str:
-    """A subscription whose one `+` level is the device id (no `#`)."""
-    if value.split("/").count("+") != 1 or "#" in value:
-        raise ValueError(f"expected exactly one `+` level (the device id) and no `#`, got {value!r}")
-    return value
-
-
-def check_command_topic(value: str) -> str:
-    """A topic template to one device: exactly one `{device}` placeholder, no wildcards."""
-    if value.count("{device}") != 1 or "+" in value or "#" in value:
-        raise ValueError(f"expected one {{device}} placeholder and no wildcards, got {value!r}")
-    return value
 
 
 class HttpConfig(Section):
@@ -368,6 +333,8 @@ class Settings(BaseSettings):
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     snippets: SnippetsConfig = Field(default_factory=SnippetsConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -479,25 +446,42 @@ def reference_markdown() -> str:
 
 def reference() -> list[tuple[str, str, str, str]]:
     """(key, type, default, description) of every config key, in order: the source of
-    docs/configuration.md and deploy/fleetwatch.toml."""
+    docs/configuration.md and deploy/fleetwatch.toml. Nested sections (`rollout.judge`) follow their
+    parent's own keys."""
     rows = []
     for section, info in Settings.model_fields.items():
         model = info.annotation
         if isinstance(model, type) and issubclass(model, Section):
-            for name, field in model.model_fields.items():
-                rows.append(
-                    (f"{section}.{name}", _type_name(field.annotation), _default(field), field.description or "")
-                )
+            rows += _section_rows(section, model)
         else:
             rows.append((section, _type_name(info.annotation), "<data dir>", info.description or ""))
     return rows
 
 
+def _section_rows(prefix: str, model: type[Section]) -> list[tuple[str, str, str, str]]:
+    rows, nested = [], []
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+            nested += _section_rows(f"{prefix}.{name}", field.annotation)
+        else:
+            rows.append((f"{prefix}.{name}", _type_name(field.annotation), _default(field), field.description or ""))
+    return rows + nested
+
+
 def _type_name(annotation: Any) -> str:
+    if get_origin(annotation) is list and _is_tables(get_args(annotation)[0]):
+        return "list of tables"
     if isinstance(annotation, type):
         return annotation.__name__
     text = str(annotation).replace("typing.", "").replace("pathlib.", "").replace("pydantic.types.", "")
     return text.replace("fleetwatch.config.", "")
+
+
+def _is_tables(item: Any) -> bool:
+    """A model, or a union of models (possibly `Annotated` with a discriminator)."""
+    if get_origin(item) is Annotated:
+        item = get_args(item)[0]
+    return all(isinstance(m, type) and issubclass(m, BaseModel) for m in (get_args(item) or (item,)))
 
 
 def _default(field: Any) -> str:

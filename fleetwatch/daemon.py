@@ -1,7 +1,12 @@
 """The fleetwatch service: builds every part from one config, runs them, and stops them gracefully.
 
 Start order: state database, store, pipeline worker, HTTP server, MQTT (telemetry, and a second session
-for snippets when they are on). Stop order (SIGTERM/SIGINT):
+for snippets when they are on), the alert delivery worker, the scheduler. Scheduled jobs (on the holder
+of the scheduler lease only): `drift-check` after each window (its findings go straight to the alert
+manager: decisions and queued notifications in one transaction, then the delivery worker is woken),
+`alerts-tick` every ALERT_TICK_PERIOD_S (grouping windows, reminders), `rollouts` after each window (the
+rollout controller's step, when a rollout has work), `snippets-prune`. Stop order (SIGTERM/SIGINT): the
+scheduler stops, the delivery worker stops after its request in flight (waiting at most 2 s), then
 MQTT stops taking messages (those arriving stay unacknowledged and come again next session), the HTTP
 server stops, the pipeline drains its queue (acks go out while the MQTT connection is still up), then
 MQTT disconnects and the store closes. A second signal exits at once; nothing acknowledged is lost either
@@ -21,9 +26,12 @@ from types import FrameType
 
 from waitress.server import create_server
 
+from fleetwatch.actions.devices import Commander
+from fleetwatch.actions.service import Actions
 from fleetwatch.api import App
 from fleetwatch.config import MqttConfig, Settings, mask_url
 from fleetwatch.drift.runner import runner_from_settings
+from fleetwatch.drift.scopes import read_inventory
 from fleetwatch.frames import Registry
 from fleetwatch.metrics import Metrics
 from fleetwatch.pipeline import Pipeline
@@ -41,6 +49,8 @@ log = logging.getLogger(__name__)
 
 #: How often the daemon prunes the snippet dataset when no snippet arrives (additions prune too).
 SNIPPET_PRUNE_PERIOD_S = 3600
+#: How often the daemon runs an alert round without findings (groups whose window passed, reminders).
+ALERT_TICK_PERIOD_S = 10
 
 
 def build_pipeline(settings: Settings, db: StateDB, store: Store, metrics: Metrics) -> Pipeline:
@@ -77,9 +87,21 @@ def snippet_mqtt_config(settings: Settings) -> MqttConfig:
 
 
 class Daemon:
-    """Every running part of fleetwatch, composed from `settings`."""
+    """Every running part of fleetwatch, composed from `settings`.
 
-    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+    `clock`: None for the wall clock and the scheduler; a function (Unix s) for simulated time (the demo):
+    the scheduler is not started and the caller runs the jobs (`drift.check`, `actions.tick_rollouts`).
+    `commander` replaces the rollout commander `rollout.transport` names.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
+        commander: Commander | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.db = StateDB(settings.state_path)
@@ -108,14 +130,33 @@ class Daemon:
         self._server_thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._on_stop: list[Callable[[], None]] = []
-        self.jobs = Jobs(Lease(self.db), misfire_grace_s=settings.drift.misfire_grace_s)
-        self.drift = runner_from_settings(settings, self.store) if settings.drift.enabled else None
+        self._scheduled = clock is None
+        self.inventory = read_inventory(settings.fleet.inventory) if settings.fleet.inventory else None
+        self.actions = Actions(
+            settings,
+            self.db,
+            self.store,
+            self.inventory,
+            snippets=self.snippets.store if self.snippets is not None else None,
+            clock=clock or time.time,
+            commander=commander,
+        )
+        self.metrics.add_families(self.actions.metrics)
+        drift = settings.drift
+        self.jobs = Jobs(Lease(self.db), misfire_grace_s=drift.misfire_grace_s)
+        self.drift = runner_from_settings(settings, self.store) if drift.enabled else None
         if self.drift is not None:
-            self.jobs.add("drift-check", self.drift.check, settings.drift.window_s, settings.drift.check_delay_s)
+            if settings.alerts.enabled:
+                self.drift.on_findings = self.actions.process
+            self.jobs.add("drift-check", self.drift.check, drift.window_s, drift.check_delay_s)
+        if settings.alerts.enabled:
+            self.jobs.add("alerts-tick", lambda _: self.actions.tick_alerts(), ALERT_TICK_PERIOD_S)
+        self.jobs.add("rollouts", self.actions.tick_rollouts, drift.window_s, drift.check_delay_s)
         if self.snippets is not None:
             snippets = self.snippets
             self.jobs.add("snippets-prune", lambda _: snippets.prune(), SNIPPET_PRUNE_PERIOD_S)
         self.add_stop_hook(self.jobs.stop)
+        self.add_stop_hook(self.actions.stop)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -143,7 +184,10 @@ class Daemon:
         for source in self._mqtt_sources():
             source.start()
             log.info("MQTT %s, topic %s", mask_url(self.settings.mqtt.url or ""), source.config.subscription)
-        self.jobs.start()
+        if self.settings.alerts.enabled:
+            self.actions.start()
+        if self._scheduled:
+            self.jobs.start()
         _sd_notify("READY=1")
 
     @property

@@ -16,10 +16,12 @@ window per `pace_s` real seconds (window_start advances by 3600 s each pace). At
 inputs of the devices at site=north shift by 3 sigma (channel 0); at a third a canary rollout of a worse
 model (kws-b: 4x anomaly rate, lower confidence) starts on 20% of the fleet against a 20% control group.
 
-The demo loop drives the periodic work at each simulated window end instead of the daemon's wall-clock
-scheduler (apscheduler cannot run faster than real time): `DriftRunner.check(window_end)`, then
-`AlertManager.process` (alerts go out through the outbox worker, whose clock is the simulated one),
-then `RolloutController.tick(window_end)`. So the drift alert reaches the webhook receiver, the judge
+The demo builds the daemon with a simulated clock (`Daemon(settings, clock=...)`, the same composition
+`fleetwatch run` uses: the `[alerts]` and `[rollout]` sections of its `Settings`, `actions.service.Actions`)
+and drives the periodic work at each simulated window end instead of the daemon's wall-clock scheduler
+(apscheduler cannot run faster than real time): the daemon's `DriftRunner.check(window_end)`, whose
+findings go to `AlertManager.process` (alerts go out through the outbox worker, whose clock is the
+simulated one), then `Actions.tick_rollouts(window_end)`. So the drift alert reaches the webhook receiver, the judge
 rolls the canary back, the devices receive the signed rollback command over MQTT and report the
 baseline model again. A summary says what happened and where the data is (`--keep DIR` keeps it, with a
 `fleetwatch.toml` for `fleetwatch report`, `alerts list` and `rollout status`). `--store` writes to another
@@ -49,23 +51,19 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from fleetwatch.actions.alertdb import AlertManager
-from fleetwatch.actions.config import AlertsConfig
 from fleetwatch.actions.devices import MqttCommander
 from fleetwatch.actions.receivers import signature
-from fleetwatch.actions.rollout import Artifact, Plan, RolloutController, RolloutLog, select_devices
-from fleetwatch.actions.rollout_config import RolloutConfig, public_key_path
+from fleetwatch.actions.rollout import Artifact, Plan, RolloutLog, select_devices
+from fleetwatch.actions.rollout_config import public_key_path
 from fleetwatch.actions.signing import generate_private_key, write_key_pair
-from fleetwatch.actions.webhooks import OutboxWorker
-from fleetwatch.baselines import BaselineStore, fit_reference
+from fleetwatch.baselines import Baseline, BaselineStore, fit_reference
 from fleetwatch.config import Settings, StoreConfig, mask_url
 from fleetwatch.daemon import Daemon
-from fleetwatch.drift.runner import runner_from_settings
-from fleetwatch.drift.scopes import read_inventory
 from fleetwatch.frames import Registry, decode_messages
 from fleetwatch.localservers import EmbeddedBroker, Mosquitto, ServerError
 from fleetwatch.simulate import Change, FleetSimulator, FleetSpec, ModelProfile, Target, inventory_csv, model_crc
 from fleetwatch.simulate.devices import DeviceFleet
+from fleetwatch.sinks.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +216,28 @@ def start_broker(choice: BrokerChoice) -> Mosquitto | EmbeddedBroker:
     return EmbeddedBroker().start()
 
 
+def fit_simulated_baseline(sim: FleetSimulator, windows: int, store: Store, baselines: BaselineStore) -> Baseline:
+    """Simulate `windows` reference windows in-process, write them straight to `store` (not over MQTT), fit
+    the baseline of the fleet's model from what was stored and save it (the demo, and the daemon tests)."""
+    spec = sim.spec
+    start = spec.start + sim.next_window * spec.window_s
+    telemetry = sim.run(windows)
+    registry = Registry.builtin()
+    decoded = decode_messages(telemetry.messages(), telemetry.device, telemetry.received, registry)
+    store.write_frames(decoded.batches[1])
+    end = start + windows * spec.window_s
+    columns = store.read_frames(start, end, schema=registry.get(1))
+    baseline = fit_reference(
+        columns,
+        model_id=spec.model_id,
+        version=baselines.next_version(spec.model_id),
+        fitted_at=end,
+        time_range=(start, end),
+    )
+    baselines.save(baseline)
+    return baseline
+
+
 class Demo:
     """The demo's parts, started by `start`, advanced by `step` (one window), stopped by `close`."""
 
@@ -253,30 +273,18 @@ class Demo:
         kind = "mosquitto" if isinstance(broker, Mosquitto) else "embedded amqtt"
         self.story.broker = f"{kind} on {broker.url} (MQTT {broker.mqtt_protocol})"
         (data / "inventory.csv").write_text(inventory_csv(self.spec), encoding="utf-8")
-        self.inventory = read_inventory(data / "inventory.csv")
+        self.inbox = WebhookInbox(WEBHOOK_SECRET, self._on_webhook)
+        self._parts.append(self.inbox.close)
+        self.story.webhook_url = self.inbox.url
         self.settings = Settings(
             data_dir=data,
             mqtt={"url": broker.url, "protocol": broker.mqtt_protocol, "client_id": "fleetwatch-demo"},
             http={"listen": "127.0.0.1:0"},
             store={"url": self.options.store or ""},
             fleet={"inventory": data / "inventory.csv"},
-            drift={"window_s": HOUR, "enabled": False},
+            drift={"window_s": HOUR},
             pipeline={"batch_wait_s": 0.05},
-        )
-        self.sim = FleetSimulator(self.spec, [self.drift])
-        self.daemon = Daemon(self.settings)
-        self._fit_baseline()
-        self.daemon.start()
-        self._parts.append(self.daemon.stop)
-        if self.daemon.mqtt is None or not self.daemon.mqtt.wait_connected(15):
-            raise ServerError(f"the daemon did not connect to the broker at {broker.url}")
-        self.story.metrics_url = f"http://127.0.0.1:{self.daemon.http_port}/metrics"
-
-        self.inbox = WebhookInbox(WEBHOOK_SECRET, self._on_webhook)
-        self._parts.append(self.inbox.close)
-        self.story.webhook_url = self.inbox.url
-        alerts = AlertsConfig.model_validate(
-            {
+            alerts={
                 "receivers": [{"name": "demo", "kind": "webhook", "url": self.inbox.url, "secret": WEBHOOK_SECRET}],
                 "routes": [{"cohort": "site=*", "receivers": ["demo"]}],
                 "group_by": ["site"],
@@ -284,31 +292,37 @@ class Demo:
                 "resolve_after": 3,
                 "cooldown_minutes": 24 * 60,
                 "delivery": {"poll_interval_s": 0.2},
-            }
-        )
-        self.alerts = AlertManager(alerts, self.daemon.db)
-        self.outbox = OutboxWorker(alerts, self.daemon.db, clock=lambda: float(self.now))
-        self.outbox.start()
-        self.daemon.add_stop_hook(self.outbox.stop)
-        self.runner = runner_from_settings(self.settings, self.daemon.store)
-
-        config = RolloutConfig.model_validate(
-            {
+            },
+            rollout={
                 "stages": [20, 100],
                 "control_pct": 20,
                 "bake_s": 6 * HOUR,
                 "judge": {"min_devices": 5, "min_windows": 2},
-            }
+            },
         )
         key = generate_private_key()
-        signing_key = config.signing_key_path(data)
+        signing_key = self.settings.rollout.signing_key_path(data)
         write_key_pair(key, signing_key, public_key_path(signing_key))
         commander = MqttCommander(
-            self.settings.mqtt, config.command_topic, timeout_s=15, stay_connected=isinstance(broker, EmbeddedBroker)
+            self.settings.mqtt,
+            self.settings.rollout.command_topic,
+            timeout_s=15,
+            stay_connected=isinstance(broker, EmbeddedBroker),
         )
         self._parts.append(commander.close)
-        self.controller = RolloutController(self.daemon.db, commander, config, key, store=self.daemon.store)
-        self.rollout_config = config
+        self.sim = FleetSimulator(self.spec, [self.drift])
+        self.daemon = Daemon(self.settings, clock=lambda: float(self.now), commander=commander)
+        baselines = BaselineStore(self.settings.baselines_dir)
+        fit_simulated_baseline(self.sim, REFERENCE_WINDOWS, self.daemon.store, baselines)
+        self.daemon.start()
+        self._parts.append(self.daemon.stop)
+        if self.daemon.mqtt is None or not self.daemon.mqtt.wait_connected(15):
+            raise ServerError(f"the daemon did not connect to the broker at {broker.url}")
+        self.story.metrics_url = f"http://127.0.0.1:{self.daemon.http_port}/metrics"
+        self.actions = self.daemon.actions
+        self.inventory = self.daemon.inventory or {}
+        assert self.daemon.drift is not None  # drift.enabled is on in the demo's settings
+        self.runner = self.daemon.drift
 
         self.fleet = DeviceFleet(self.sim, self.settings.mqtt, key.public_key())
         self._parts.append(self.fleet.close)
@@ -318,25 +332,6 @@ class Demo:
         self._event(
             f"{self.options.devices} devices online on {self.story.broker}; baseline fitted from "
             f"{REFERENCE_WINDOWS} reference windows"
-        )
-
-    def _fit_baseline(self) -> None:
-        """Simulate the reference period in-process, store it, fit the baseline from what was stored."""
-        telemetry = self.sim.run(REFERENCE_WINDOWS)
-        registry = Registry.builtin()
-        decoded = decode_messages(telemetry.messages(), telemetry.device, telemetry.received, registry)
-        self.daemon.store.write_frames(decoded.batches[1])
-        end = self.spec.start + REFERENCE_WINDOWS * HOUR
-        columns = self.daemon.store.read_frames(self.spec.start, end, schema=registry.get(1))
-        baselines = BaselineStore(self.settings.baselines_dir)
-        baselines.save(
-            fit_reference(
-                columns,
-                model_id=BASELINE,
-                version=baselines.next_version(BASELINE),
-                fitted_at=end,
-                time_range=(self.spec.start, end),
-            )
         )
 
     # -- one window ------------------------------------------------------------------------------
@@ -356,19 +351,17 @@ class Demo:
         self.now = at = start + HOUR
         self.story.window, self.story.simulated_time = n, at
 
-        findings = self.runner.check(at)
+        findings = self.runner.check(at)  # the daemon's drift runner hands its findings to the alert manager
         drifted = [f for f in findings if f.severity != "ok"]
         self.story.findings.update(f.severity for f in drifted)
         self.story.last_findings = [f"{f.scope} {f.key}: {f.signal} ({f.severity})" for f in drifted[:4]]
-        self.alerts.process(findings, at, self.inventory)
-        self.story.open_alerts = sum(self.alerts.alerts.firing_counts().values())
-        self.outbox.wake()
+        self.story.open_alerts = sum(self.actions.alerts.alerts.firing_counts().values())
         if self.story.canary:
             self._tick_rollout(n, at)
         self._ingest_rate()
 
     def _start_rollout(self, now: int) -> None:
-        config = self.rollout_config
+        config = self.settings.rollout
         plan = Plan(
             "model",
             Artifact(str(WORSE), f"https://models.example/{WORSE_NAME}.tflite", "ab" * 32),
@@ -379,7 +372,7 @@ class Demo:
             seed=self.options.seed,
         )
         selection = select_devices(self.inventory, stages=plan.stages, control_pct=plan.control_pct, seed=plan.seed)
-        events = self.controller.start(
+        events = self.actions.controller.start(
             WORSE_NAME, plan, selection, now=now, actor="demo", reason=f"new keyword model {WORSE_NAME}"
         )
         self.story.canary, self.story.control = list(selection.canary_at(0)), list(selection.control)
@@ -395,7 +388,7 @@ class Demo:
         if self.story.on_worse == 0 and on_worse:
             self._event(f"window {n}: {on_worse} canary devices ran {WORSE_NAME}; the judge compares them with control")
         self.story.on_worse = on_worse
-        events = self.controller.tick(at)
+        events = self.actions.tick_rollouts(at)
         for event in events:
             if event.action == "judge" and event.evidence:
                 self.story.verdict = event.reason
@@ -410,7 +403,7 @@ class Demo:
     def _rollout_status(self) -> None:
         status = RolloutLog(self.daemon.db).status(WORSE_NAME)[0]
         self.story.rollout_state = status["state"]
-        self.story.rollout_stage = f"stage {status['stage']} of {len(self.rollout_config.stages)}"
+        self.story.rollout_stage = f"stage {status['stage']} of {len(self.settings.rollout.stages)}"
 
     def _count_reverted(self, at: int) -> None:
         """Canary devices whose frames showed the worse model (adopted), and of those, the ones whose last

@@ -6,9 +6,26 @@ counted here by schema, transport or reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import Metric as Family
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric family computed when /metrics is read (alerts, outbox, rollouts): `samples` are
+    (labels, value)."""
+
+    name: str
+    kind: Literal["counter", "gauge"]
+    help: str
+    samples: tuple[tuple[dict[str, str], float], ...]
 
 
 class Metrics:
@@ -69,5 +86,28 @@ class Metrics:
         )
         self.up = Gauge("fleetwatch_store_up", "1 when the last store write or ping succeeded", registry=r)
 
+    def add_families(self, source: Callable[[], Iterable[Metric]]) -> None:
+        """Also expose the families `source()` returns, computed at each scrape."""
+        self.registry.register(_Families(source))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Families:
+    """A prometheus_client collector over `Metric` families."""
+
+    def __init__(self, source: Callable[[], Iterable[Metric]]) -> None:
+        self.source = source
+
+    def describe(self) -> list[Family]:
+        return []  # computed at scrape time only (they read the state database)
+
+    def collect(self) -> Iterator[Family]:
+        for metric in self.source():
+            names = sorted({name for labels, _ in metric.samples for name in labels})
+            kind = CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily
+            family = kind(metric.name, metric.help, labels=names)
+            for labels, value in metric.samples:
+                family.add_metric([labels.get(name, "") for name in names], value)
+            yield family

@@ -57,28 +57,38 @@ class Jobs:
 
     def __init__(self, lease: Lease, misfire_grace_s: int = 900) -> None:
         self.lease = lease
+        self._funcs: dict[str, Callable[[int], object]] = {}
         self.scheduler = BackgroundScheduler(
             timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": misfire_grace_s}
         )
 
-    def add(self, name: str, func: Callable[[int], None], period_s: int, delay_s: int = 0) -> None:
+    def add(self, name: str, func: Callable[[int], object], period_s: int, delay_s: int = 0) -> None:
         """Run `func(window_end)` every period, `delay_s` after each boundary, on the lease holder only."""
         now = time.time()
         first = (int(now) // period_s + 1) * period_s + delay_s
+        self._funcs[name] = func
 
-        def run() -> None:
-            if not self.lease.acquire():
-                log.debug("%s: another instance holds the scheduler lease", name)
-                return
-            window_end = (int(time.time()) - delay_s) // period_s * period_s
-            try:
-                func(window_end)
-            except Exception:
-                log.exception("job %s failed for the window ending %s", name, window_end)
+        def scheduled() -> None:
+            self.run(name, (int(time.time()) - delay_s) // period_s * period_s)
 
         self.scheduler.add_job(
-            run, IntervalTrigger(seconds=period_s, start_date=datetime.fromtimestamp(first, UTC)), id=name, name=name
+            scheduled,
+            IntervalTrigger(seconds=period_s, start_date=datetime.fromtimestamp(first, UTC)),
+            id=name,
+            name=name,
         )
+
+    def run(self, name: str, window_end: int) -> bool:
+        """Run job `name` for the window ending at `window_end` as the scheduler does: only while holding
+        the lease (False otherwise), its errors logged, not raised."""
+        if not self.lease.acquire():
+            log.debug("%s: another instance holds the scheduler lease", name)
+            return False
+        try:
+            self._funcs[name](window_end)
+        except Exception:
+            log.exception("job %s failed for the window ending %s", name, window_end)
+        return True
 
     def start(self) -> None:
         self.scheduler.start()

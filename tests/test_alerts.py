@@ -4,6 +4,8 @@ silences, rules and routes; the decision and its outbox messages in one transact
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from pydantic import ValidationError
 
 from fleetwatch.actions.alertdb import AlertDB, AlertManager
 from fleetwatch.actions.alerts import Decision
-from fleetwatch.actions.config import AlertsConfig, default_state_path
+from fleetwatch.actions.config import AlertsConfig
 from fleetwatch.actions.webhooks import Outbox
 from fleetwatch.cli import main
 from fleetwatch.findings import Finding
@@ -332,16 +334,26 @@ def test_every_config_field_is_documented() -> None:
                 assert field.description, f"{model.__name__}.{name} has no description"
 
 
-def test_default_state_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("FLEETWATCH_STATE__PATH", str(tmp_path / "a.db"))
-    assert default_state_path() == tmp_path / "a.db"
-    monkeypatch.delenv("FLEETWATCH_STATE__PATH")
-    monkeypatch.setenv("FLEETWATCH_DATA_DIR", str(tmp_path / "data"))
-    assert default_state_path() == tmp_path / "data" / "state.db"
-    monkeypatch.delenv("FLEETWATCH_DATA_DIR")
-    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    assert default_state_path() == tmp_path / "xdg" / "fleetwatch" / "state.db"
+def test_cli_state_and_deadline_come_from_the_configuration(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key in [k for k in os.environ if k.startswith("FLEETWATCH_")]:
+        monkeypatch.delenv(key)
+    cfg = config(
+        receivers=[{"name": "tpl", "kind": "http", "url": "http://127.0.0.1:9/t", "body_template": "{{ nope }}"}],
+        routes=[{"receivers": ["tpl"]}],
+    )
+    AlertManager(cfg, StateDB(tmp_path / "data" / "state.db")).process([finding("n01")], T0, INVENTORY)
+    runner = CliRunner()
+    toml = tmp_path / "fleetwatch.toml"
+    toml.write_text(f'data_dir = "{tmp_path / "data"}"\n[alerts.delivery]\ndeadline_s = 600\n')
+    listing = json.loads(runner.invoke(main, ["alerts", "list", "--json", "-c", str(toml)]).output)
+    assert [a["key"] for a in listing["alerts"]] == ["n01"]
+    (dead,) = listing["deadletters"]
+    before = time.time()
+    assert runner.invoke(main, ["alerts", "retry", str(dead["id"]), "-c", str(toml)]).exit_code == 0
+    (queued,) = Outbox(StateDB(tmp_path / "data" / "state.db")).list("pending")
+    assert before + 600 <= queued.deadline_at <= time.time() + 600
+    monkeypatch.setenv("FLEETWATCH_STATE__PATH", str(tmp_path / "data" / "state.db"))
+    assert "Open alerts: 1" in runner.invoke(main, ["alerts", "list"]).output
 
 
 def test_cli_silence_list_unsilence_deadletters_retry(tmp_path: Path) -> None:

@@ -54,6 +54,12 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
         ('[mqtt]\nurll = "mqtt://x"\n', {}, "mqtt.urll: unknown key"),
         ('[notehub]\ndevice_field = "imei"\n', {}, "notehub.device_field"),
         ("[pipeline]\nqueue_max_messages = 0\n", {}, "pipeline.queue_max_messages"),
+        ("[alerts]\ncooldown_minutes = 0\n", {}, "alerts.cooldown_minutes"),
+        ('[[alerts.routes]]\nreceivers = ["nobody"]\n', {}, "alerts: routes[0].receivers: unknown receivers"),
+        ('[[alerts.receivers]]\nname = "x"\nkind = "pager"\n', {}, "alerts.receivers.0: Input tag 'pager'"),
+        ("[rollout]\nstages = [50, 10]\n", {}, "rollout.stages: stages must be percents"),
+        ("", {"FLEETWATCH_ROLLOUT__JUDGE__ALPHA_ROLLBACK": "0.9"}, "rollout.judge.alpha_rollback"),
+        ('[rollout]\ncommand_topic = "fleet/+/ota"\n', {}, "rollout.command_topic: expected one {device}"),
     ],
 )
 def test_bad_values_fail_naming_the_key(
@@ -78,6 +84,33 @@ def test_secrets_come_from_files_and_never_print(tmp_path: Path, monkeypatch: py
     for leaked in ("s3cr3t-route", "hunter2", "pw@", "abc"):
         assert leaked not in shown
     assert "mqtt://dev:***@b:1883" in shown and "token=***" in shown
+
+
+def test_alerts_and_rollout_sections_load_and_mask_their_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slack = tmp_path / "slack.url"
+    slack.write_text("https://hooks.slack.com/services/T0/B0/s3cr3t\n")
+    path = write(
+        tmp_path,
+        '[alerts]\ngroup_by = ["site"]\n'
+        f'[[alerts.receivers]]\nname = "ops"\nkind = "slack"\nurl_file = "{slack}"\n'
+        '[[alerts.receivers]]\nname = "hook"\nkind = "webhook"\nurl = "http://127.0.0.1:9/h"\nsecret = "hm4c"\n'
+        '[[alerts.routes]]\nreceivers = ["ops", "hook"]\n'
+        "[rollout]\nstages = [10, 100]\n[rollout.judge]\nmin_devices = 4\n",
+    )
+    monkeypatch.setenv("FLEETWATCH_ROLLOUT__BAKE_S", "7200")
+    settings = load_config(path)
+    assert [r.name for r in settings.alerts.receivers] == ["ops", "hook"] and settings.alerts.group_by == ["site"]
+    assert (settings.rollout.stages, settings.rollout.judge.min_devices, settings.rollout.bake_s) == (
+        [10.0, 100.0],
+        4,
+        7200,
+    )
+    shown = masked(settings)
+    assert "s3cr3t" not in json.dumps(shown) and "hm4c" not in json.dumps(shown)
+    assert [r["url"] for r in shown["alerts"]["receivers"]] == ["**********", "http://127.0.0.1:9/h"]
+    assert load_config(None).alerts.receivers == [] and load_config(None).rollout.stages == [5.0, 25.0, 100.0]
 
 
 def test_secret_file_that_cannot_be_read_is_a_config_error(tmp_path: Path) -> None:

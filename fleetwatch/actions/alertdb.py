@@ -24,8 +24,9 @@ from typing import Any
 from fleetwatch.actions.alerts import Alert, Decision, Inventory, Notification, Silence, evaluate
 from fleetwatch.actions.config import AlertsConfig
 from fleetwatch.actions.receivers import Body, RenderError, drift_start, render
-from fleetwatch.actions.webhooks import Metric, Outbox
+from fleetwatch.actions.webhooks import Outbox
 from fleetwatch.findings import Finding
+from fleetwatch.metrics import Metric
 from fleetwatch.state import Migration, StateDB
 
 log = logging.getLogger(__name__)

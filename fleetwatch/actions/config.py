@@ -26,60 +26,20 @@ SecretStr('**********')
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from jinja2 import TemplateSyntaxError
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from fleetwatch.actions.receivers import template_environment
-
-STATE_PATH_ENV = "FLEETWATCH_STATE__PATH"
-DATA_DIR_ENV = "FLEETWATCH_DATA_DIR"
+from fleetwatch.configbase import Section
 
 AlertSeverity = Literal["warning", "critical"]
 
 
-def default_state_path() -> Path:
-    """The state database when nothing else says: env FLEETWATCH_STATE__PATH, else <data dir>/state.db.
-
-    The data dir is env FLEETWATCH_DATA_DIR, else systemd's $STATE_DIRECTORY, else the XDG data dir
-    (~/.local/share/fleetwatch), the same rule the daemon's `data_dir` follows.
-    """
-    if os.environ.get(STATE_PATH_ENV):
-        return Path(os.environ[STATE_PATH_ENV])
-    if os.environ.get(DATA_DIR_ENV):
-        return Path(os.environ[DATA_DIR_ENV]) / "state.db"
-    # Imported here: fleetwatch.config imports this module to embed AlertsConfig.
-    from fleetwatch.config import default_data_dir
-
-    return default_data_dir() / "state.db"
-
-
-class AlertsModel(BaseModel):
+class AlertsModel(Section):
     """Base of the alerts models: unknown keys are errors, and `<secret>_file` reads a secret from a file."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _secret_files(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        for name, info in cls.model_fields.items():
-            path = data.pop(f"{name}_file", None)
-            if path is None:
-                continue
-            if info.annotation not in (SecretStr, SecretStr | None):
-                raise ValueError(f"{name}_file: {name} is not a secret")
-            try:
-                data[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from None
-        return data
 
 
 class _ReceiverBase(AlertsModel):

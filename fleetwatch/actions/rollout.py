@@ -49,6 +49,7 @@ from fleetwatch.actions.devices import commander_from_settings
 from fleetwatch.actions.judge import Look, judge_frames
 from fleetwatch.actions.signing import load_private_key, sign_command
 from fleetwatch.frames import Registry, Schema
+from fleetwatch.metrics import Metric
 from fleetwatch.state import Migration, StateDB
 
 if TYPE_CHECKING:
@@ -323,6 +324,51 @@ class RolloutLog:
             for d, r, k, w, s, a in rows
         }
 
+    def pending(self) -> list[str]:
+        """Rollouts the controller has work on: the active ones (oldest first), then those with commands
+        not yet delivered."""
+        active = self.db.query(f"SELECT id FROM rollouts WHERE state IN ({_marks(ACTIVE)}) ORDER BY created", ACTIVE)
+        undelivered = self.db.query(
+            "SELECT DISTINCT rollout_id FROM rollout_devices "
+            "WHERE desired IS NOT NULL AND (sent IS NULL OR sent != desired)"
+        )
+        return list(dict.fromkeys([r for (r,) in active] + [r for (r,) in undelivered]))
+
+    def metrics(self) -> list[Metric]:
+        """Rollouts by state, and the stage and device counts of the active ones (from the database)."""
+        states = dict.fromkeys((*ACTIVE, *TERMINAL), 0)
+        states.update(self.db.query("SELECT state, COUNT(*) FROM rollouts GROUP BY state"))
+        active = [
+            self._status(self.row(r))
+            for (r,) in self.db.query(f"SELECT id FROM rollouts WHERE state IN ({_marks(ACTIVE)})", ACTIVE)
+        ]
+        devices = tuple(
+            ({"rollout": r["id"], "role": role, "status": status}, float(counts[status]))
+            for r in active
+            for role, counts in sorted(r["devices"].items())
+            for status in ("total", "delivered", "adopted", "laggards")
+        )
+        return [
+            Metric(
+                "fleetwatch_rollouts",
+                "gauge",
+                "Rollouts by state (planned, baking, judged active; promoted, rolled_back, aborted)",
+                tuple(({"state": state}, float(n)) for state, n in states.items()),
+            ),
+            Metric(
+                "fleetwatch_rollout_stage",
+                "gauge",
+                "Stage (1-based) of each active rollout",
+                tuple(({"rollout": r["id"], "state": r["state"]}, float(r["stage"])) for r in active),
+            ),
+            Metric(
+                "fleetwatch_rollout_devices",
+                "gauge",
+                "Devices of each active rollout by role and status (total, delivered, adopted, laggards)",
+                devices,
+            ),
+        ]
+
     def row(self, rollout_id: str) -> RolloutRow:
         rows = self.db.query(
             "SELECT id, kind, plan, state, stage, stage_started, info_spent FROM rollouts WHERE id = ?", (rollout_id,)
@@ -427,12 +473,7 @@ class RolloutController:
         """One controller step at `now` (Unix s), for the daemon's scheduler: start planned rollouts, send
         undelivered commands, record adoption, report laggards, judge baking stages, act on verdicts."""
         events: list[Transition] = []
-        pending = self.db.query(
-            "SELECT DISTINCT rollout_id FROM rollout_devices "
-            "WHERE desired IS NOT NULL AND (sent IS NULL OR sent != desired)"
-        )
-        active = self.db.query(f"SELECT id FROM rollouts WHERE state IN ({_marks(ACTIVE)}) ORDER BY created", ACTIVE)
-        for rollout_id in dict.fromkeys([r for (r,) in active] + [r for (r,) in pending]):
+        for rollout_id in self.log.pending():
             try:
                 events += self._step(self.log.row(rollout_id), now)
             except Exception:
@@ -700,7 +741,13 @@ def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" * len(values))
 
 
-def controller_from_settings(settings: Settings, db: StateDB, store: Store, config: RolloutConfig) -> RolloutController:
-    """The controller the daemon runs: commands over `config.transport`, signed with the configured key."""
+def controller_from_settings(
+    settings: Settings, db: StateDB, store: Store | None = None, *, commander: Commander | None = None
+) -> RolloutController:
+    """The controller the `[rollout]` section describes: commands over `rollout.transport` (or through
+    `commander`), signed with the configured key (ValueError naming the file when it cannot be read).
+    The daemon's scheduled `tick` needs `store`; the CLI's operator actions do not."""
+    config = settings.rollout
     key = load_private_key(config.signing_key_path(settings.data_dir))
-    return RolloutController(db, commander_from_settings(settings, config), config, key, store=store)
+    commander = commander or commander_from_settings(settings, config)
+    return RolloutController(db, commander, config, key, store=store)

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from fleetwatch.config import Section, check_command_topic
+from fleetwatch.configbase import Section, check_command_topic
 
 Spending = Literal["pocock", "obrien_fleming"]
 

@@ -34,6 +34,7 @@ import requests
 
 from fleetwatch.actions.config import AlertsConfig, ReceiverConfig
 from fleetwatch.actions.receivers import Body, Request, request_for, safe_target, secrets_of
+from fleetwatch.metrics import Metric
 from fleetwatch.state import Migration, StateDB
 
 log = logging.getLogger(__name__)
@@ -98,16 +99,6 @@ class Outcome:
     status: int | None = None
     error: str = ""
     retry_after: float | None = None
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One metric family for /metrics: `samples` are (labels, value)."""
-
-    name: str
-    kind: Literal["counter", "gauge"]
-    help: str
-    samples: tuple[tuple[dict[str, str], float], ...]
 
 
 class Outbox:

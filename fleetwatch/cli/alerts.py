@@ -1,7 +1,9 @@
 """`fleetwatch alerts list | silence | unsilence | deadletters | retry`: open alerts, silences, dead letters.
 
-Works on the state database directly (`--state PATH`, default env FLEETWATCH_STATE__PATH, else
-<data dir>/state.db), so it runs beside the daemon (SQLite WAL lets it read while the daemon writes).
+Works on the state database directly (`--state PATH`, default: the configuration's `state.path`, i.e.
+env FLEETWATCH_STATE__PATH, else <data dir>/state.db), so it runs beside the daemon (SQLite WAL lets it
+read while the daemon writes). `-c/--config` is the daemon's config file: its `[alerts]` section gives the
+delivery deadline of `retry`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import click
 
 from fleetwatch.actions.alertdb import AlertDB
 from fleetwatch.actions.alerts import Silence
-from fleetwatch.actions.config import DeliveryConfig, default_state_path
 from fleetwatch.actions.webhooks import Outbox, OutboxMessage
+from fleetwatch.cli._common import config_option, settings_from
 from fleetwatch.cli.quarantine import parse_duration
 from fleetwatch.state import StateDB
 
@@ -26,13 +28,16 @@ F = TypeVar("F", bound=Callable[..., object])
 
 
 def state_option(func: F) -> F:
-    """`--state PATH`: the state database."""
-    return click.option(
-        "--state",
-        "state_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="State database (default: env FLEETWATCH_STATE__PATH, else <data dir>/state.db).",
-    )(func)
+    """`--state PATH`: the state database; and `-c/--config`, the configuration it defaults from."""
+    return config_option(
+        click.option(
+            "--state",
+            "state_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="State database (default: state.path of the configuration: env FLEETWATCH_STATE__PATH, "
+            "else <data dir>/state.db).",
+        )(func)
+    )
 
 
 def json_option(func: F) -> F:
@@ -49,9 +54,9 @@ def command() -> None:
 @click.option("--limit", default=50, show_default=True, help="Dead letters to show.")
 @state_option
 @json_option
-def list_all(limit: int, state_path: Path | None, as_json: bool) -> None:
+def list_all(limit: int, state_path: Path | None, as_json: bool, config_path: Path | None) -> None:
     """Open alerts, silences in force or scheduled, and dead letters."""
-    db = _open(state_path)
+    db = _open(state_path, config_path)
     now = time.time()
     alerts = [a for a in AlertDB(db).active() if a.status == "firing"]
     silences = AlertDB(db).silences(now)
@@ -110,11 +115,12 @@ def silence(
     reason: str,
     created_by: str,
     state_path: Path | None,
+    config_path: Path | None,
 ) -> None:
     """Mute notifications of matching alerts for a while (state is still tracked)."""
     if (scope, key, signal, cohort) == ("*", "*", "*", "*"):
         raise click.UsageError("say what to silence: --scope, --key, --signal or --cohort (use --key '*' for all)")
-    created = AlertDB(_open(state_path)).add_silence(
+    created = AlertDB(_open(state_path, config_path)).add_silence(
         now=time.time(),
         duration_s=parse_duration(duration),
         reason=reason,
@@ -130,9 +136,9 @@ def silence(
 @command.command("unsilence")
 @click.argument("silence_id", type=int)
 @state_option
-def unsilence(silence_id: int, state_path: Path | None) -> None:
+def unsilence(silence_id: int, state_path: Path | None, config_path: Path | None) -> None:
     """End a silence now."""
-    if not AlertDB(_open(state_path)).end_silence(silence_id, time.time()):
+    if not AlertDB(_open(state_path, config_path)).end_silence(silence_id, time.time()):
         raise click.ClickException(f"no active silence #{silence_id}")
     click.echo(f"silence #{silence_id} ended")
 
@@ -141,9 +147,9 @@ def unsilence(silence_id: int, state_path: Path | None) -> None:
 @click.option("--limit", default=50, show_default=True)
 @state_option
 @json_option
-def deadletters(limit: int, state_path: Path | None, as_json: bool) -> None:
+def deadletters(limit: int, state_path: Path | None, as_json: bool, config_path: Path | None) -> None:
     """Notifications that could not be delivered, newest first, with the last error."""
-    dead = Outbox(_open(state_path)).list("dead", limit)
+    dead = Outbox(_open(state_path, config_path)).list("dead", limit)
     if as_json:
         click.echo(json.dumps([_message_json(m) for m in dead], indent=2))
         return
@@ -153,22 +159,19 @@ def deadletters(limit: int, state_path: Path | None, as_json: bool) -> None:
 
 @command.command("retry")
 @click.argument("message_id", type=int)
-@click.option(
-    "--deadline",
-    default=f"{int(DeliveryConfig().deadline_s // 3600)}h",
-    show_default=True,
-    help="New delivery deadline from now.",
-)
+@click.option("--deadline", help="New delivery deadline from now, like 6h (default: alerts.delivery.deadline_s).")
 @state_option
-def retry(message_id: int, deadline: str, state_path: Path | None) -> None:
+def retry(message_id: int, deadline: str | None, state_path: Path | None, config_path: Path | None) -> None:
     """Queue a dead letter again (same idempotency key); the daemon's worker sends it."""
-    if not Outbox(_open(state_path)).retry(message_id, time.time(), parse_duration(deadline)):
+    settings = settings_from(config_path)
+    deadline_s = parse_duration(deadline) if deadline else settings.alerts.delivery.deadline_s
+    if not Outbox(_open(state_path, config_path)).retry(message_id, time.time(), deadline_s):
         raise click.ClickException(f"no dead letter #{message_id}")
     click.echo(f"#{message_id} queued again")
 
 
-def _open(state_path: Path | None) -> StateDB:
-    path = state_path or default_state_path()
+def _open(state_path: Path | None, config_path: Path | None) -> StateDB:
+    path = state_path or settings_from(config_path).state_path
     if not path.exists():
         raise click.ClickException(f"no state database at {path} (pass --state or set FLEETWATCH_STATE__PATH)")
     return StateDB(path)

@@ -18,7 +18,6 @@ from typing import Any
 import click
 import numpy as np
 
-from fleetwatch.actions.devices import commander_from_settings
 from fleetwatch.actions.judge import Look, MetricEvidence, Verdict, judge_frames
 from fleetwatch.actions.rollout import (
     Artifact,
@@ -27,10 +26,11 @@ from fleetwatch.actions.rollout import (
     RolloutError,
     RolloutLog,
     Transition,
+    controller_from_settings,
     select_devices,
 )
 from fleetwatch.actions.rollout_config import RolloutConfig, check_stages, public_key_path
-from fleetwatch.actions.signing import generate_private_key, load_private_key, public_pem, write_key_pair
+from fleetwatch.actions.signing import generate_private_key, public_pem, write_key_pair
 from fleetwatch.cli._common import config_option, settings_from
 from fleetwatch.cli.backfill import parse_time
 from fleetwatch.cli.quarantine import parse_duration
@@ -46,23 +46,15 @@ def command() -> None:
     """Staged canary rollouts of firmware or models, judged against a control group."""
 
 
-def _rollout_config(settings: Settings) -> RolloutConfig:
-    """The root config's `rollout` section (defaults until the daemon's config embeds it)."""
-    return getattr(settings, "rollout", None) or RolloutConfig()
-
-
 def _actor() -> str:
     return f"{getpass.getuser()}@cli"
 
 
 def _controller(settings: Settings) -> RolloutController:
-    config = _rollout_config(settings)
     try:
-        key = load_private_key(config.signing_key_path(settings.data_dir))
-        commander = commander_from_settings(settings, config)
+        return controller_from_settings(settings, StateDB(settings.state_path))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    return RolloutController(StateDB(settings.state_path), commander, config, key)
 
 
 def _percent(text: str) -> float:
@@ -139,7 +131,7 @@ def start(
     if (firmware is None) == (model is None):
         raise click.UsageError("give exactly one of --firmware X.Y.Z or --model ID")
     settings = settings_from(config_path)
-    config = _rollout_config(settings)
+    config = settings.rollout
     kind = "firmware" if firmware else "model"
     target, base = (_version(kind, v) for v in ((firmware or model or ""), baseline))
     if settings.fleet.inventory is None:
@@ -327,7 +319,7 @@ def judge(canary_file: Path, control_file: Path, start: str, end: str, as_json: 
         store.close()
     device = frames["device"].astype(str)
     arms = [{k: v[np.isin(device, members)] for k, v in frames.items()} for members in (canary, control)]
-    verdict = judge_frames(arms[0], arms[1], _rollout_config(settings).judge, Look(1.0))
+    verdict = judge_frames(arms[0], arms[1], settings.rollout.judge, Look(1.0))
     if as_json:
         click.echo(json.dumps(verdict.to_json()))
     else:
@@ -362,7 +354,7 @@ def _print_verdict(verdict: Verdict) -> None:
 def keygen(config_path: Path | None) -> None:
     """Create the command-signing key pair (rollout.signing_key; never overwritten) and print the public key."""
     settings = settings_from(config_path)
-    private = _rollout_config(settings).signing_key_path(settings.data_dir)
+    private = settings.rollout.signing_key_path(settings.data_dir)
     key = generate_private_key()
     try:
         write_key_pair(key, private, public_key_path(private))

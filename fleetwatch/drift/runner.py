@@ -39,7 +39,7 @@ class DriftRunner:
     window_s: int
     inventory: Inventory | None = None
     state_path: Path | None = None
-    on_findings: Callable[[list[Finding]], None] | None = None
+    on_findings: Callable[[list[Finding]], object] | None = None
 
     def __post_init__(self) -> None:
         self.state = EngineState()
