@@ -8,7 +8,8 @@ Every rollout has 20 canary and 20 control devices, hourly windows and a 6-hour 
    the margin (x `latency_p95_ratio`), N rollouts. For each: rolled back (with a 95% Clopper-Pearson
    interval), the look of the rollback (median and worst, over the rolled-back rollouts), promoted at the
    end of the bake, and for the worse canaries the judge's estimate of the worsened metric at the
-   rollback look (median over rollouts; a ratio for anomaly rate and latency).
+   rollback look (median over rollouts; a ratio for anomaly rate and latency). Then, for the equal
+   canaries that ended neither promoted nor rolled back, which metrics were not shown non-inferior.
 2. Subtler harm, N rollouts each, judged with each spending function on the same simulated fleets.
 
 Scenario i (in the order printed) simulates its fleet with seed `--seed` + i.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import time
+from collections import Counter
 
 import numpy as np
 from _machine import describe
@@ -32,6 +34,7 @@ from fleetwatch.simulate.rollouts import LOOKS, PER_ARM, WORSE_CANARIES, Outcome
 
 SUBTLE = {"anomaly rate x1.6": ModelProfile(anomaly_factor=1.6), "p95 latency x1.2": ModelProfile(latency_factor=1.2)}
 SPENDINGS = ("pocock", "obrien_fleming")
+EQUAL = "equal to control"
 
 
 def worsened_metric(profile: ModelProfile) -> str:
@@ -74,6 +77,15 @@ def estimate_at_rollback(outcomes: list[Outcome], metric: str) -> str:
     return f"{metric} x{median:.3g}" if evidence[0].scale == "ratio" else f"{metric} {median:+.3g}"
 
 
+def blocking_metrics(outcomes: list[Outcome]) -> str:
+    """Of the rollouts neither promoted nor rolled back: how often each metric was not shown non-inferior
+    at the last look (a rollout can count for several)."""
+    stuck = [o for o in outcomes if o.verdict.verdict == "continue"]
+    counts = Counter(m.metric for o in stuck for m in o.verdict.metrics if m.status != "noninferior")
+    listed = ", ".join(f"{metric} {k}" for metric, k in counts.most_common())
+    return f"{len(stuck)} / {len(outcomes)} neither promoted nor rolled back; not shown non-inferior: {listed or '-'}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rollouts", type=int, default=100, help="rollouts per scenario (the equal canary: twice)")
@@ -92,20 +104,23 @@ def main() -> None:
     print("|---|---:|---|---|---|---|")
     scenarios = [
         *((name, profile, n) for name, profile in WORSE_CANARIES.items()),
-        ("equal to control", ModelProfile(), 2 * n),
+        (EQUAL, ModelProfile(), 2 * n),
         (
             f"p95 latency at the margin (x{config.latency_p95_ratio:g})",
             ModelProfile(latency_factor=config.latency_p95_ratio),
             n,
         ),
     ]
+    judged: dict[str, list[Outcome]] = {}
     for i, (name, profile, count) in enumerate(scenarios):
-        outcomes = judge_rollouts(simulate_rollouts(profile, count, args.seed + i), config)
+        judged[name] = outcomes = judge_rollouts(simulate_rollouts(profile, count, args.seed + i), config)
         shift = estimate_at_rollback(outcomes, worsened_metric(profile)) if name in WORSE_CANARIES else ""
         print(
             f"| {name} | {count} | {rolled_back(outcomes)} | {rollback_looks(outcomes)} | {promoted(outcomes)} "
             f"| {shift} |"
         )
+    print()
+    print(f"{EQUAL}: {blocking_metrics(judged[EQUAL])}")
     print()
     print(f"Subtler harm, {n} rollouts each, both spending functions on the same simulated fleets:")
     print()
