@@ -1,14 +1,13 @@
 """The canary judge: its statistics against scipy and brute force, and its verdicts on simulated rollouts.
 
-Simulated rollouts come from `fleetwatch.simulate.FleetSimulator`: one fleet holds many independent
-rollouts (each `PER_ARM` canary and `PER_ARM` control devices); canary devices get the new model before
-window 0 (an OTA update, so they reboot in it); look k judges windows 0..k-1 at bake fraction k / LOOKS,
-as the controller does with hourly looks over a 6 h bake. Windows reach the judge as the store returns
-them (`sinks.model.frame_points` of the decoded frames).
+Simulated rollouts come from `fleetwatch.simulate.rollouts` (shared with `benchmarks/judge_power.py`,
+which measures the rates these tests only bound): one fleet holds many independent rollouts (each
+`PER_ARM` canary and `PER_ARM` control devices), judged at `LOOKS` hourly looks over a 6 h bake.
 """
 
 from __future__ import annotations
 
+import doctest
 import itertools
 import math
 
@@ -28,13 +27,10 @@ from fleetwatch.actions.judge import (
 )
 from fleetwatch.actions.rollout_config import JudgeConfig
 from fleetwatch.drift.multitest import holm
-from fleetwatch.frames import Registry, decode_messages
-from fleetwatch.simulate import FleetSimulator, FleetSpec, ModelProfile, model_crc
-from fleetwatch.sinks.model import frame_points
+from fleetwatch.simulate import ModelProfile
+from fleetwatch.simulate import rollouts as rollouts_module
+from fleetwatch.simulate.rollouts import LOOKS, PER_ARM, WORSE_CANARIES, judge_rollouts, simulate_rollouts
 
-NEW_MODEL = model_crc("kws-b")
-PER_ARM = 20
-LOOKS = 6
 CONFIG = JudgeConfig()
 
 
@@ -155,61 +151,27 @@ def test_device_table_values_and_expected_reboots() -> None:
 
 
 # -- simulated rollouts ----------------------------------------------------------------------------------
-def _simulated(profile: ModelProfile, n_rollouts: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Store columns of `n_rollouts` rollouts side by side, and each device's rows as (devices, windows)."""
-    spec = FleetSpec(n_devices=n_rollouts * 2 * PER_ARM, seed=seed, models={NEW_MODEL: profile})
-    sim = FleetSimulator(spec)
-    arms = np.arange(spec.n_devices).reshape(n_rollouts, 2, PER_ARM)
-    sim.deploy(arms[:, 0].ravel(), NEW_MODEL, "1.0.0")
-    telemetry = sim.run(LOOKS)
-    decoded = decode_messages(telemetry.messages(), telemetry.device, telemetry.received, Registry.builtin())
-    points = frame_points(decoded.batches[1])
-    columns = {"time": points.time, **points.tags, **points.fields}
-    order = np.lexsort((points.time, points.tags["device"].astype(str)))
-    return {k: np.asarray(v)[order] for k, v in columns.items()}, np.arange(len(order)).reshape(spec.n_devices, LOOKS)
+def test_rollouts_module_examples() -> None:
+    assert doctest.testmod(rollouts_module, raise_on_error=False).failed == 0
 
 
 def _run_rollouts(profile: ModelProfile, n_rollouts: int, seed: int) -> tuple[list[int | None], int]:
     """(look at which each rollout was rolled back, None if never; how many were promoted at the end)."""
-    columns, rows = _simulated(profile, n_rollouts, seed)
-    arms = np.arange(rows.shape[0]).reshape(n_rollouts, 2, PER_ARM)
-    rolled_back: list[int | None] = []
-    promoted = 0
-    for canary, control in arms:
-        outcome = None
-        for k in range(1, LOOKS + 1):
-            arm = [{n: v[rows[devices, :k].ravel()] for n, v in columns.items()} for devices in (canary, control)]
-            verdict = judge_frames(arm[0], arm[1], CONFIG, Look(k / LOOKS, (k - 1) / LOOKS))
-            if verdict.verdict == "rollback":
-                outcome = k
-                break
-        promoted += verdict.verdict == "promote"
-        rolled_back.append(outcome)
-    return rolled_back, promoted
+    outcomes = judge_rollouts(simulate_rollouts(profile, n_rollouts, seed), CONFIG)
+    return [o.rolled_back_at for o in outcomes], sum(o.verdict.verdict == "promote" for o in outcomes)
 
 
-BAD_CANARIES = {
-    "anomaly rate x3": ModelProfile(anomaly_factor=3.0),
-    "accuracy -10 points": ModelProfile(confidence_degradation=0.2),
-    "latency x1.5": ModelProfile(latency_factor=1.5),
-    "memory +38 points (guardrail)": ModelProfile(memory_delta=38.0),
-}
-
-
-@pytest.mark.parametrize("scenario", list(BAD_CANARIES))
+@pytest.mark.parametrize("scenario", list(WORSE_CANARIES))
 def test_a_worse_canary_is_rolled_back_within_two_looks(scenario: str) -> None:
-    looks, promoted = _run_rollouts(BAD_CANARIES[scenario], n_rollouts=40, seed=11)
+    looks, promoted = _run_rollouts(WORSE_CANARIES[scenario], n_rollouts=40, seed=11)
     caught = [k for k in looks if k is not None]
     print(f"{scenario}: {len(caught)}/40 rolled back, median look {np.median(caught)}, worst look {max(caught)}")
     assert len(caught) == 40 and max(caught) <= 2 and promoted == 0
 
 
 def test_accuracy_scenario_is_ten_points() -> None:
-    columns, rows = _simulated(BAD_CANARIES["accuracy -10 points"], n_rollouts=5, seed=12)
-    arms = np.arange(rows.shape[0]).reshape(5, 2, PER_ARM)
-    canary, control = (
-        {n: v[rows[a].ravel()] for n, v in columns.items()} for a in (arms[:, 0].ravel(), arms[:, 1].ravel())
-    )
+    rollouts = simulate_rollouts(WORSE_CANARIES["accuracy -10 points"], n_rollouts=5, seed=12)
+    canary, control = (rollouts.frames(rollouts.arms[:, arm].ravel(), LOOKS) for arm in (0, 1))
     accuracy = next(m for m in judge_frames(canary, control, CONFIG, Look(1.0)).metrics if m.metric == "accuracy")
     assert -0.12 < accuracy.estimate < -0.08 and accuracy.status == "worse" and accuracy.limit == pytest.approx(-0.02)
 
@@ -234,9 +196,8 @@ def test_a_canary_at_the_margin_is_rarely_promoted() -> None:
 
 # -- verdict rules ---------------------------------------------------------------------------------------
 def _arms(n_rollouts: int, profile: ModelProfile, seed: int, per: int) -> tuple[dict, dict]:
-    columns, rows = _simulated(profile, n_rollouts, seed)
-    arms = np.arange(rows.shape[0]).reshape(n_rollouts, 2, PER_ARM)
-    return tuple({n: v[rows[a[:per]].ravel()] for n, v in columns.items()} for a in (arms[0, 0], arms[0, 1]))
+    rollouts = simulate_rollouts(profile, n_rollouts, seed)
+    return tuple(rollouts.frames(arm[:per], LOOKS) for arm in rollouts.arms[0])
 
 
 def test_no_promotion_before_the_end_of_the_bake_or_without_enough_devices() -> None:
