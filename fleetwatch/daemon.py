@@ -112,7 +112,7 @@ class Daemon:
         self.pipeline = build_pipeline(settings, self.db, self.store, self.metrics)
         self.registry = self.pipeline.registry
         self.counters = IngestCounters(
-            self.metrics, self.store, settings.mqtt.client_id, settings.pipeline.counters_interval_s
+            self.metrics, self.store, settings.mqtt.client_id, settings.pipeline.counters_interval_s, clock or time.time
         )
         self.quarantine = self.pipeline.quarantine
         self.mqtt = MqttSource(settings.mqtt, self.pipeline.submit) if settings.mqtt.url else None

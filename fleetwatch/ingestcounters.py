@@ -113,4 +113,7 @@ class IngestCounters:
 
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
-            self.write()
+            try:
+                self.write()
+            except Exception:
+                log.exception("ingest counters: write failed; trying again next period")
