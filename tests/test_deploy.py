@@ -5,9 +5,10 @@
   environment is a valid configuration (`Settings` loads it, with deploy/fleetwatch.toml).
 - The broker: deploy/mosquitto/mosquitto.conf, acl and init-passwd.sh run by the real mosquitto and
   mosquitto_passwd (paths moved into a temporary directory, the listener onto a loopback port): no
-  anonymous or wrong-password logins; a device publishes its own telemetry and not another's, reads its
-  own commands and not another's; the daemon's real MQTT source reads telemetry through the shared
-  subscription; the TLS listener example takes a device over mutual TLS.
+  anonymous or wrong-password logins; a device publishes its own telemetry and snippets and not
+  another's, reads its own commands and snippet requests and not another's; the daemon's real MQTT source
+  reads telemetry and snippets through the shared subscription; the TLS listener example takes a device
+  over mutual TLS.
 - The systemd unit passes `systemd-analyze verify` and has the settings operations.md promises.
 """
 
