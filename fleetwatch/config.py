@@ -198,6 +198,12 @@ class PipelineConfig(Section):
     spool_max_bytes: int = Field(10 << 30, gt=0, description="Spool size at which ingest stops acking (backpressure).")
     replay_interval_s: float = Field(2.0, gt=0, description="How often to retry the store while spooling.")
     ack_timeout_s: float = Field(30.0, gt=0, description="HTTP ingest waits this long for durability before 503.")
+    counters_interval_s: int = Field(
+        60,
+        ge=1,
+        description="Write this daemon's ingest counters to the store (measurement `ingest`, tagged with "
+        "mqtt.client_id as `instance`) this often; the dashboards' ingest panels and alert rules read them.",
+    )
 
 
 class LogConfig(Section):

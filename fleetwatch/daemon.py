@@ -1,16 +1,18 @@
 """The fleetwatch service: builds every part from one config, runs them, and stops them gracefully.
 
-Start order: state database, store, pipeline worker, HTTP server, MQTT (telemetry, and a second session
-for snippets when they are on), the alert delivery worker, the scheduler. Scheduled jobs (on the holder
-of the scheduler lease only): `drift-check` after each window (its findings go straight to the alert
-manager: decisions and queued notifications in one transaction, then the delivery worker is woken),
-`alerts-tick` every ALERT_TICK_PERIOD_S (grouping windows, reminders), `rollouts` after each window (the
-rollout controller's step, when a rollout has work), `snippets-prune`. Stop order (SIGTERM/SIGINT): the
-scheduler stops, the delivery worker stops after its request in flight (waiting at most 2 s), then
-MQTT stops taking messages (those arriving stay unacknowledged and come again next session), the HTTP
-server stops, the pipeline drains its queue (acks go out while the MQTT connection is still up), then
-MQTT disconnects and the store closes. A second signal exits at once; nothing acknowledged is lost either
-way, because acknowledgements follow durability.
+Start order: state database, store, pipeline worker, the ingest counters' writer, HTTP server, MQTT
+(telemetry, and a second session for snippets when they are on), the alert delivery worker, the
+scheduler. Scheduled jobs (on the holder of the scheduler lease only): `drift-check` after each window
+(its findings go straight to the alert manager: decisions and queued notifications in one transaction,
+then the delivery worker is woken), `alerts-tick` every ALERT_TICK_PERIOD_S (grouping windows,
+reminders), `rollouts` after each window (the rollout controller's step, when a rollout has work),
+`snippets-prune`. Every daemon, lease or not, writes its own ingest counters (`ingest`,
+fleetwatch.ingestcounters) every `pipeline.counters_interval_s`. Stop order (SIGTERM/SIGINT): the
+scheduler stops, the delivery worker stops after its request in flight (waiting at most 2 s), then MQTT
+stops taking messages (those arriving stay unacknowledged and come again next session), the HTTP server
+stops, the pipeline drains its queue (acks go out while the MQTT connection is still up), the last ingest
+counters are written, then MQTT disconnects and the store closes. A second signal exits at once; nothing
+acknowledged is lost either way, because acknowledgements follow durability.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from fleetwatch.config import MqttConfig, Settings, mask_url
 from fleetwatch.drift.runner import runner_from_settings
 from fleetwatch.drift.scopes import read_inventory
 from fleetwatch.frames import Registry
+from fleetwatch.ingestcounters import IngestCounters
 from fleetwatch.metrics import Metrics
 from fleetwatch.pipeline import Pipeline
 from fleetwatch.quarantine import Quarantine
@@ -108,6 +111,9 @@ class Daemon:
         self.store = store or open_store(settings.store_url)
         self.pipeline = build_pipeline(settings, self.db, self.store, self.metrics)
         self.registry = self.pipeline.registry
+        self.counters = IngestCounters(
+            self.metrics, self.store, settings.mqtt.client_id, settings.pipeline.counters_interval_s, clock or time.time
+        )
         self.quarantine = self.pipeline.quarantine
         self.mqtt = MqttSource(settings.mqtt, self.pipeline.submit) if settings.mqtt.url else None
         self.snippets = build_snippet_ingest(settings, self.db, self.quarantine, self.metrics)
@@ -168,6 +174,7 @@ class Daemon:
             log.warning("store not reachable at start (%s): frames will be spooled until it is", exc)
             self.metrics.up.set(0)
         self.pipeline.start()
+        self.counters.start()
         if self.settings.http.enabled:
             http = self.settings.http
             self._server = create_server(
@@ -213,6 +220,7 @@ class Daemon:
         if self._server is not None:
             self._server.close()
         self.pipeline.stop(timeout=max(deadline - time.monotonic(), 0.5))
+        self.counters.stop()
         for source in self._mqtt_sources():
             source.close()
         self.store.close()

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import requests
 from click.testing import CliRunner
 from recording_server import Received, Recorder
@@ -32,6 +33,7 @@ from fleetwatch.config import Settings
 from fleetwatch.daemon import Daemon
 from fleetwatch.demo import fit_simulated_baseline
 from fleetwatch.frames import Registry
+from fleetwatch.grafana.dashboards import SIGNALS
 from fleetwatch.localservers import Mosquitto
 from fleetwatch.simulate import Change, FleetSimulator, FleetSpec, ModelProfile, Target, inventory_csv, model_crc
 from fleetwatch.simulate.devices import DeviceFleet
@@ -121,6 +123,23 @@ def test_drift_found_by_the_daemon_job_reaches_the_webhook_signed(tmp_path: Path
         assert all(inventory[d] == "north" for d in devices)
         assert all(_verified(r) for r in receiver.received)
         assert north[0].headers["Idempotency-Key"] and north[0].path == "/hooks/fleetwatch"
+
+        # the check also wrote each device's baseline band (at the window's start, like its telemetry):
+        # site=north's channel 0 sits about 3 sigma above its band's mean, the others within
+        bands = daemon.store.read_table("baseline_band", start, start + 1)
+        assert set(bands["device"].tolist()) == set(inventory) and set(bands["signal"]) == {s.name for s in SIGNALS}
+        window = daemon.store.read_frames(start, start + 1, schema=SCHEMA)
+        value = dict(zip(window["device"].tolist(), window["input_mean_0"].tolist(), strict=True))
+        channel = bands["signal"] == "input_mean_0"
+        z = {
+            d: 3 * (value[d] - mean) / (upper - mean)
+            for d, mean, upper in zip(
+                bands["device"][channel], bands["mean"][channel], bands["upper"][channel], strict=True
+            )
+        }
+        assert np.mean([z[d] for d, site in inventory.items() if site == "north"]) > 2
+        assert abs(np.mean([z[d] for d, site in inventory.items() if site != "north"])) < 1
+        assert np.all(bands["lower"] <= bands["mean"]) and np.all(bands["mean"] <= bands["upper"])
         requests_sent = {d: json.loads(w) for d, w in _retained(mosquitto, "fleet/+/cmd/snippet").items()}
         assert set(requests_sent) == {d for d, site in inventory.items() if site == "north"}  # the snippets hook
         assert {r["reason"] for r in requests_sent.values()} == {"drift"}

@@ -5,9 +5,10 @@
   environment is a valid configuration (`Settings` loads it, with deploy/fleetwatch.toml).
 - The broker: deploy/mosquitto/mosquitto.conf, acl and init-passwd.sh run by the real mosquitto and
   mosquitto_passwd (paths moved into a temporary directory, the listener onto a loopback port): no
-  anonymous or wrong-password logins; a device publishes its own telemetry and not another's, reads its
-  own commands and not another's; the daemon's real MQTT source reads telemetry through the shared
-  subscription; the TLS listener example takes a device over mutual TLS.
+  anonymous or wrong-password logins; a device publishes its own telemetry and snippets and not
+  another's, reads its own commands and snippet requests and not another's; the daemon's real MQTT source
+  reads telemetry and snippets through the shared subscription; the TLS listener example takes a device
+  over mutual TLS.
 - The systemd unit passes `systemd-analyze verify` and has the settings operations.md promises.
 """
 
@@ -191,7 +192,11 @@ def _wait(predicate: object, timeout: float = 5.0) -> bool:
     return False
 
 
-def test_the_broker_holds_devices_to_their_own_topics(broker: DeployedMosquitto) -> None:
+@pytest.mark.parametrize(("data", "command"), [("telemetry", "cmd/ota"), ("snippet", "cmd/snippet")])
+def test_the_broker_holds_devices_to_their_own_topics(broker: DeployedMosquitto, data: str, command: str) -> None:
+    """Telemetry and OTA commands, snippets and snippet requests: a device writes its own data topic and
+    reads its own commands only; the daemon reads every device's data (shared subscription) and writes the
+    commands."""
     assert not _connects(MqttConfig(url=broker.url)), "anonymous login accepted"
     assert not _connects(MqttConfig(url=broker.url, username="dev-1", password="wrong")), "wrong password accepted"
     assert _connects(MqttConfig(url=broker.url, username="dev-1", password="dev-1-secret"))
@@ -203,31 +208,33 @@ def test_the_broker_holds_devices_to_their_own_topics(broker: DeployedMosquitto)
         if message.on_durable is not None:
             message.on_durable()
 
-    daemon = MqttConfig(url=broker.url, username="fleetwatch", password="fw-secret", shared_group="fleetwatch")
+    daemon = MqttConfig(
+        url=broker.url, username="fleetwatch", password="fw-secret", shared_group="fleetwatch", topic=f"fleet/+/{data}"
+    )
     source = MqttSource(daemon, submit)
     source.start()
     assert source.wait_connected(5)
     time.sleep(0.3)  # the subscription is in place
     dev1, _ = _client(broker, "dev-1", "dev-1-secret")
-    dev1.publish("fleet/dev-2/telemetry", b"spoofed", qos=1).wait_for_publish(5)
-    dev1.publish("fleet/dev-1/telemetry", b"own", qos=1).wait_for_publish(5)
+    dev1.publish(f"fleet/dev-2/{data}", b"spoofed", qos=1).wait_for_publish(5)
+    dev1.publish(f"fleet/dev-1/{data}", b"own", qos=1).wait_for_publish(5)
     assert _wait(lambda: received)
     time.sleep(0.3)
     assert [(m.device, m.payload) for m in received] == [("dev-1", b"own")]
 
     commander, _ = _client(broker, "fleetwatch", "fw-secret")
     for device in ("dev-1", "dev-2"):
-        commander.publish(f"fleet/{device}/cmd/ota", f"for {device}".encode(), qos=1, retain=True).wait_for_publish(5)
+        commander.publish(f"fleet/{device}/{command}", f"for {device}".encode(), qos=1, retain=True).wait_for_publish(5)
     dev2, dev2_got = _client(broker, "dev-2", "dev-2-secret")
-    dev2.subscribe("fleet/dev-2/cmd/ota", qos=1)
+    dev2.subscribe(f"fleet/dev-2/{command}", qos=1)
     dev1_reader, dev1_got = _client(broker, "dev-1", "dev-1-secret")
-    dev1_reader.subscribe("fleet/dev-2/cmd/ota", qos=1)
-    dev1_reader.subscribe("fleet/dev-1/cmd/ota", qos=1)
+    dev1_reader.subscribe(f"fleet/dev-2/{command}", qos=1)
+    dev1_reader.subscribe(f"fleet/dev-1/{command}", qos=1)
     assert _wait(lambda: dev2_got and dev1_got)
     time.sleep(0.3)
     assert [bytes(m.payload) for m in dev2_got] == [b"for dev-2"]
     assert [bytes(m.payload) for m in dev1_got] == [b"for dev-1"]
-    dev1.publish("fleet/dev-1/cmd/ota", b"self-issued", qos=1, retain=True).wait_for_publish(5)
+    dev1.publish(f"fleet/dev-1/{command}", b"self-issued", qos=1, retain=True).wait_for_publish(5)
     time.sleep(0.3)
     assert [bytes(m.payload) for m in dev1_got] == [b"for dev-1"], "a device wrote its own command"
     for client in (dev1, commander, dev2, dev1_reader):

@@ -3,8 +3,12 @@ seeded by the fleet simulator through the real sink; the JSON validates against 
 model; the committed files are what `fleetwatch grafana build` makes; Grafana's macro and variable
 substitution (fleetwatch.grafana.macros) is checked rule by rule.
 
-The test stands in for the writers of the other measurements (drift engine: `findings`, `baseline_band`;
-rollout controller: `rollout`; daemon: `ingest`), with the schemas of docs/data-model.md.
+The other measurements come from the daemon's own writers, fed with the simulated fleet: `baseline_band`
+from the drift runner's `band_columns` against a baseline fitted on the stored reference windows, `rollout`
+from the rollout controller's `write_judgement` of real judge looks on the stored telemetry, `ingest` from
+the daemon's `IngestCounters` over simulated counts. `findings` alone is a stand-in (with the schema the
+drift runner writes, docs/data-model.md): the drift panels' tests need known severities on known devices
+and windows, which a real engine run on a small simulated fleet does not give.
 """
 
 from __future__ import annotations
@@ -25,13 +29,21 @@ import numpy as np
 import pytest
 import yaml
 
+from fleetwatch.actions.judge import METRICS, Look, judge_frames
+from fleetwatch.actions.rollout import stage_label, write_judgement
+from fleetwatch.actions.rollout_config import JudgeConfig
+from fleetwatch.baselines.fit import fit_reference
+from fleetwatch.drift.bands import MEASUREMENT as BANDS
+from fleetwatch.drift.bands import band_columns
 from fleetwatch.frames import Registry, decode_messages
 from fleetwatch.grafana import builder, macros
 from fleetwatch.grafana.builder import DATASOURCE_UID, SCHEMA_VERSION, Dashboard, Panel, Query
 from fleetwatch.grafana.dashboards import DASHBOARDS, SIGNALS, WINDOW
 from fleetwatch.grafana.macros import Selection, TimeRange, interpolate
 from fleetwatch.grafana.provisioning import alerting_files, build, to_yaml
+from fleetwatch.ingestcounters import IngestCounters
 from fleetwatch.localservers import Influxd
+from fleetwatch.metrics import Metrics
 from fleetwatch.simulate import FleetSimulator, FleetSpec, Telemetry
 from fleetwatch.sinks import open_store
 from fleetwatch.sinks.influx_setup import setup_v1
@@ -44,6 +56,9 @@ N_WINDOWS = 30
 STALE_DEVICE = "dev-00011"
 DRIFTING_DEVICE = "dev-00001"
 ROLLOUT_ID = "r-2026-kws-b"
+#: The devices `_fleet` moves to the new model: the rollout's canary.
+CANARY = ["dev-00000", "dev-00001", "dev-00002"]
+STAGES = (5.0, 25.0)
 NEW_MODEL, NEW_FW = 0xB0B, "1.1.0"
 #: Panel width in pixels (Grafana's max data points) used for $__interval.
 MAX_DATA_POINTS = 800
@@ -125,86 +140,59 @@ def _findings(store: Any, ends: np.ndarray, devices: list[str], model_id: str) -
     assert written == n
 
 
-def _baseline_bands(store: Any, telemetry: Telemetry) -> None:
-    """What the drift engine writes for the device dashboard: per device, signal and window, the baseline's
-    mean and +-3 sd band in the unit of the plotted value (from the device's first 12 windows)."""
-    ids = telemetry.device[:: telemetry.n_windows]
-    ends = telemetry.grid("window_start")[0].astype(np.int64) + W
-    per_signal = {
-        **{f"input_mean_{c}": telemetry.grid("input_mean")[:, :, c] for c in range(3)},
-        **{f"input_var_{c}": telemetry.grid("input_var")[:, :, c] for c in range(3)},
-        "anomaly_rate": telemetry.grid("anomaly_count") / np.maximum(telemetry.grid("inference_count"), 1),
-        "accuracy": np.full(ids.shape + ends.shape, 0.8),
-        "latency_p95": telemetry.grid("latency_p95_ms"),
-        "memory": telemetry.grid("mem_peak_pct").astype(float),
-    }
-    assert set(per_signal) == {s.name for s in SIGNALS}
-    time_, device, signal, mean, sd = [], [], [], [], []
-    for name, values in per_signal.items():
-        reference = values[:, :12]
-        mu, sigma = reference.mean(axis=1), reference.std(axis=1) + 1e-3
-        time_.append(np.tile(ends, len(ids)))
-        device.append(np.repeat(ids, len(ends)))
-        signal.append(np.full(len(ids) * len(ends), name))
-        mean.append(np.repeat(mu, len(ends)))
-        sd.append(np.repeat(sigma, len(ends)))
-    mean_, sd_ = np.concatenate(mean), np.concatenate(sd)
-    store.write_table(
-        "baseline_band",
-        np.concatenate(time_),
-        {"device": np.concatenate(device), "signal": np.concatenate(signal)},
-        {"mean": mean_, "lower": mean_ - 3 * sd_, "upper": mean_ + 3 * sd_},
+def _baseline_bands(store: Any, start: int, ends: np.ndarray) -> None:
+    """The drift runner's bands (`band_columns`, what `DriftRunner.check` writes) for each window ending at
+    `ends`, against a baseline of the old model fitted on the first 12 windows (its devices only: the three
+    devices on the new model have no baseline after the deploy)."""
+    schema = Registry.builtin().get(1)
+    reference = store.read_frames(start, start + 12 * W, schema=schema)
+    model_id = int(reference["model_id"][0])
+    baseline = fit_reference(
+        reference, model_id=model_id, version="m-v1", fitted_at=start + 12 * W, time_range=(start, start + 12 * W)
     )
+    signals = set()
+    for end in ends.tolist():
+        window = store.read_frames(end - W, end, schema=schema)
+        time_, tags, fields = band_columns(window, {model_id: baseline}, end, W)
+        assert store.write_table(BANDS, time_, tags, fields) == len(time_) > 0
+        signals |= set(tags["signal"].tolist())
+    assert signals == {s.name for s in SIGNALS}
 
 
-def _rollout(store: Any, ends: np.ndarray) -> None:
-    """What the rollout controller writes: two stages, three metrics, canary and control, then a rollback."""
-    rows = []
+def _rollout(store: Any, start: int, ends: np.ndarray) -> None:
+    """What the rollout controller writes (`write_judgement`): the judge's looks at the last 10 window ends,
+    the three devices on the new model as canary against the others as control, in two stages."""
+    schema = Registry.builtin().get(1)
+    deployed = start + 20 * W
     for k, end in enumerate(ends[-10:].tolist()):
-        stage = "canary-5pct" if k < 5 else "canary-25pct"
-        verdict = "rollback" if k == 9 else "continue"
-        for metric, base in (("anomaly_rate", 0.02), ("accuracy", 0.8), ("latency_p95", 30.0)):
-            for arm, shift, n in (("canary", 1.2 if k >= 7 else 1.0, 3 if k < 5 else 6), ("control", 1.0, 9)):
-                estimate = base * shift
-                width = base * 0.3 / np.sqrt(n)
-                rows.append((end, stage, arm, metric, estimate, estimate - width, estimate + width, n, verdict))
-    t, stage, arm, metric, estimate, lower, upper, n, verdict = (np.array(c) for c in zip(*rows, strict=True))
-    store.write_table(
-        "rollout",
-        t.astype(np.int64),
-        {"rollout_id": np.full(len(t), ROLLOUT_ID), "stage": stage, "arm": arm, "metric": metric},
-        {
-            "estimate": estimate.astype(float),
-            "lower": lower.astype(float),
-            "upper": upper.astype(float),
-            "n_devices": n.astype(np.int64),
-            "verdict": verdict.astype(object),
-        },
-    )
+        frames = store.read_frames(deployed, end, schema=schema)
+        canary = np.isin(frames["device"], CANARY) & (frames["model_id"] == str(NEW_MODEL))
+        control = ~np.isin(frames["device"], CANARY)
+        verdict = judge_frames(
+            {name: values[canary] for name, values in frames.items()},
+            {name: values[control] for name, values in frames.items()},
+            JudgeConfig(),
+            Look(min(1.0, (k % 5 + 1) / 5), (k % 5) / 5),
+        )
+        assert write_judgement(store, ROLLOUT_ID, stage_label(STAGES, k // 5), verdict, end) == 2 * len(METRICS)
 
 
 def _ingest(store: Any, end: int) -> None:
-    """What the daemon writes every 60 s: counts per outcome (and reason), queue depth and spool size."""
-    minutes = np.arange(end - 6 * 3600, end, 60, dtype=np.int64)
+    """The daemon's counters (`IngestCounters`, written every 60 s) over 3 hours of simulated ingest."""
     rng = np.random.default_rng(11)
-    rows = []
-    for t in minutes.tolist():
-        received = int(rng.poisson(12))
-        quarantined = int(rng.poisson(0.5))
-        depth, spool = int(rng.integers(0, 40)), int(rng.integers(0, 4096))
-        rows += [
-            (t, "received", "", received, depth, spool),
-            (t, "stored", "", received - quarantined, depth, spool),
-            (t, "spooled", "", 0, depth, spool),
-            (t, "quarantined", "crc mismatch", quarantined, depth, spool),
-        ]
-    t, outcome, reason, count, depth, spool = (np.array(c) for c in zip(*rows, strict=True))
-    store.write_table(
-        "ingest",
-        t.astype(np.int64),
-        {"instance": np.full(len(t), "fleetwatch-1"), "outcome": outcome, "reason": reason},
-        {"count": count.astype(np.int64), "queue_depth": depth.astype(np.int64), "spool_bytes": spool.astype(np.int64)},
-    )
+    metrics = Metrics()
+    clock = [0]
+    counters = IngestCounters(metrics, store, "fleetwatch-1", 60, clock=lambda: clock[0])
+    for t in range(end - 3 * 3600, end, 60):
+        received, quarantined = int(rng.poisson(12)), int(rng.poisson(0.5))
+        metrics.messages_received.labels("mqtt").inc(received)
+        metrics.frames_decoded.labels("1").inc(received - quarantined)
+        metrics.frames_stored.inc(received - quarantined)
+        metrics.frames_quarantined.labels("bad_crc").inc(quarantined)
+        metrics.queue_depth.set(int(rng.integers(0, 40)))
+        metrics.spool_bytes.set(int(rng.integers(0, 4096)))
+        clock[0] = t
+        assert counters.write() == 6  # received, decoded, stored, spooled, replayed, quarantined (bad_crc)
 
 
 @pytest.fixture(scope="module")
@@ -226,8 +214,8 @@ def seeded(influxd: Influxd) -> Iterator[Seeded]:
         ends = np.arange(start + W, start + (N_WINDOWS + 1) * W, W, dtype=np.int64)[-24:]
         devices = sorted(set(telemetry.device.tolist()))
         _findings(store, ends[ends <= now], devices, str(telemetry.columns["model_id"][0]))
-        _baseline_bands(store, telemetry)
-        _rollout(store, ends[ends <= now])
+        _baseline_bands(store, start, ends[ends <= now])
+        _rollout(store, start, ends[ends <= now])
         _ingest(store, now)
     finally:
         store.close()

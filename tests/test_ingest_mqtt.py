@@ -6,12 +6,15 @@ crash tests, as a separate `fleetwatch run` process that is killed with SIGKILL 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +27,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from fleetwatch.config import Settings
 from fleetwatch.daemon import Daemon
 from fleetwatch.frames import Registry, decode_messages, encode_frames
+from fleetwatch.grafana.builder import DATASOURCE_UID
+from fleetwatch.grafana.macros import TimeRange, interpolate
+from fleetwatch.grafana.provisioning import alerting_files
 from fleetwatch.sinks import open_store
 
 SCHEMA = Registry.builtin().get(1)
@@ -303,3 +309,51 @@ def test_a_full_spool_holds_ingest_unacknowledged_until_the_store_is_back(
     publisher.close()
     assert_exact(stored_points(influx_db), items)
     assert daemon.metrics.spool_full._value.get() == 0
+
+
+def test_the_daemon_writes_its_ingest_counters_for_the_grafana_rules(
+    mosquitto, influxd, influx_db: str, daemon_factory
+) -> None:
+    """Every `pipeline.counters_interval_s` the daemon writes `ingest`: per outcome (quarantined per reason)
+    the frames since its last point, tagged with its instance; the rules' queries over it return data."""
+    daemon = daemon_factory(mosquitto.port, influx_db, counters_interval_s=1)
+    items = fleet_frames(devices=20, windows=3)
+    publisher = Publisher(mosquitto.port)
+    publisher.publish(items + [("dev-bad", b"\x00" * 7)] * 4)
+    publisher.close()
+
+    def rows() -> dict[str, np.ndarray]:
+        store = open_store(influx_db)
+        try:
+            return store.read_table("ingest", 0, 2**31)
+        finally:
+            store.close()
+
+    def totals() -> dict[tuple[str, str], int]:
+        points = rows()
+        out: dict[tuple[str, str], int] = {}
+        if not len(points["time"]):
+            return out
+        for outcome, reason, count in zip(points["outcome"], points["reason"], points["count"], strict=True):
+            out[outcome, reason] = out.get((outcome, reason), 0) + int(count)
+        return out
+
+    wait_for(lambda: totals().get(("stored", ""), 0) == len(items), 30, "the stored frames counted in `ingest`")
+    rejects = decode_messages([b"\x00" * 7] * 4, ["dev-bad"] * 4, [START] * 4, Registry.builtin()).reject_counts()
+    wait_for(lambda: all(totals().get(("quarantined", r)) == n for r, n in rejects.items()), 30, "the rejects")
+    got = totals()
+    assert got["received", ""] == len(items) + 4 and got["decoded", ""] == len(items)
+    assert got["spooled", ""] == got["replayed", ""] == 0
+    assert set(rows()["instance"].tolist()) == {daemon.settings.mqtt.client_id}
+
+    (group,) = alerting_files("http://hook")["rules.yaml"]["groups"]
+    now_ms = int(time.time() * 1000)
+    for rule in group["rules"]:
+        for q in rule["data"]:
+            if q["datasourceUid"] == DATASOURCE_UID and '"ingest"' in q["model"]["query"]:
+                span = q["relativeTimeRange"]["from"] * 1000
+                text = interpolate(q["model"]["query"], TimeRange(now_ms - span, now_ms), {})
+                body = urllib.parse.urlencode({"db": influx_db.rsplit("/", 1)[1], "q": text, "epoch": "ms"})
+                with urllib.request.urlopen(f"{influxd.http_url}/query", data=body.encode(), timeout=10) as response:
+                    (result,) = json.loads(response.read())["results"]
+                assert result.get("series"), (rule["title"], text)

@@ -23,6 +23,7 @@ from fleetwatch.actions.judge import (
     judge,
     judge_frames,
     mann_whitney,
+    median_interval,
     spent_alpha,
 )
 from fleetwatch.actions.rollout_config import JudgeConfig
@@ -255,3 +256,18 @@ def test_verdict_json_contract() -> None:
     assert anomaly["status"] == "worse" and anomaly["scale"] == "ratio" and 2.0 < anomaly["estimate"] < 4.5
     assert anomaly["p_worse_holm"] <= out["alpha_look"] < 0.05
     assert {"guardrails", "reasons", "info", "info_before", "n_canary", "n_control"} <= set(out)
+
+
+def test_median_interval_is_the_sign_test_interval() -> None:
+    """The order statistics c and n + 1 - c where the exact binomial tails are still within the level; at
+    least the nominal coverage for normal samples; unbounded when n is too small for the level."""
+    for n in (10, 25, 60):
+        x = np.arange(1.0, n + 1)
+        _, low, high = median_interval(x, 0.9)
+        c = int(low)
+        assert high == n + 1 - c and stats.binom.cdf(c - 1, n, 0.5) <= 0.05 + 0.01
+    rng = np.random.default_rng(4)
+    covered = [lo <= 0 <= hi for _, lo, hi in (median_interval(rng.normal(0, 1, 25), 0.9) for _ in range(2000))]
+    assert np.mean(covered) >= 0.89
+    assert median_interval(np.array([1.0, 2.0, 3.0]), 0.9)[1:] == (-math.inf, math.inf)
+    assert all(math.isnan(v) for v in median_interval(np.array([]), 0.9))

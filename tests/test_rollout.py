@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fleetwatch.actions.devices import MqttCommander
+from fleetwatch.actions.judge import METRICS
 from fleetwatch.actions.rollout import (
     Artifact,
     Plan,
@@ -217,6 +218,26 @@ def test_a_restart_mid_rollout_resumes_from_the_state_database(tmp_path: Path, m
     assert set(retained) == set(devices)
     commands = [verify_command(wire, h.key.public_key()) for wire in retained.values()]
     assert {c["model_id"] for c in commands} == {NEW_MODEL} and {c["rollout_id"] for c in commands} == {"model-b"}
+
+    # every look is in the store for the Rollouts dashboard: per metric and arm, at the look's time
+    judged = [e for e in trail if e.action == "judge"]
+    points = h.store.read_table("rollout", 0, 2**31)
+    assert sorted(set(points["time"].tolist())) == [e.at for e in judged]
+    assert len(points["time"]) == len(judged) * len(METRICS) * 2
+    assert set(points["rollout_id"].tolist()) == {"model-b"} and set(points["arm"].tolist()) == {"canary", "control"}
+    assert set(points["metric"].tolist()) == {m.name for m in METRICS}
+    for e in judged:
+        at = points["time"] == e.at
+        assert set(points["stage"][at].tolist()) == {f"stage {e.stage + 1} ({plan.stages[e.stage]:g}%)"}
+        assert set(points["verdict"][at].tolist()) == {e.evidence["verdict"]}
+        for m in e.evidence["metrics"]:
+            row = at & (points["metric"] == m["metric"]) & (points["arm"] == "canary")
+            assert points["estimate"][row].tolist() == [m["canary_median"]]
+            assert points["n_devices"][row].tolist() == [m["n_canary"]]
+    bounded = np.isfinite(points["lower"]) & np.isfinite(points["upper"])
+    assert bounded.any()
+    assert np.all(points["lower"][bounded] <= points["estimate"][bounded])
+    assert np.all(points["estimate"][bounded] <= points["upper"][bounded])
     h.close()
 
 

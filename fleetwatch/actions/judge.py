@@ -194,6 +194,23 @@ def hodges_lehmann(x: np.ndarray, y: np.ndarray, confidence: float) -> tuple[np.
     return estimate, low, high
 
 
+def median_interval(x: np.ndarray, confidence: float) -> tuple[float, float, float]:
+    """(median, low, high) of x: the distribution-free interval [x_(c), x_(n + 1 - c)] at `confidence` from
+    the sign test, c = floor(n / 2 + 1/2 - z sqrt(n) / 2) (unbounded ends are -inf / inf; NaN when empty).
+
+    >>> median_interval(np.arange(1.0, 21.0), 0.9)
+    (10.5, 6.0, 15.0)
+    """
+    x = np.sort(np.asarray(x, dtype=float))
+    n = len(x)
+    if not n:
+        return math.nan, math.nan, math.nan
+    c = math.floor(n / 2 + 0.5 - float(special.ndtri(1 - (1 - confidence) / 2)) * math.sqrt(n) / 2)
+    if c < 1:
+        return float(np.median(x)), -math.inf, math.inf
+    return float(np.median(x)), float(x[c - 1]), float(x[n - c])
+
+
 def spent_alpha(alpha: float, t: float, spending: str) -> float:
     """Lan-DeMets alpha spent by information fraction t (0 at t <= 0, alpha at t >= 1)."""
     if t <= 0:
@@ -300,8 +317,9 @@ class Look:
 
 @dataclass(frozen=True)
 class MetricEvidence:
-    """One metric: canary - control in natural units (a ratio for log-scale metrics), its interval, the
-    non-inferiority limit, the test results and the status (worse, noninferior, inconclusive, no_data)."""
+    """One metric: each arm's median device value with its interval (`median_interval`), canary - control
+    in natural units (a ratio for log-scale metrics) with its interval, the non-inferiority limit, the test
+    results and the status (worse, noninferior, inconclusive, no_data). Intervals are at 1 - 2 alpha_promote."""
 
     metric: str
     worse_if: str
@@ -309,7 +327,11 @@ class MetricEvidence:
     n_canary: int
     n_control: int
     canary_median: float
+    canary_low: float
+    canary_high: float
     control_median: float
+    control_low: float
+    control_high: float
     estimate: float
     ci_low: float
     ci_high: float
@@ -412,21 +434,22 @@ def judge_frames(
     return judge(tables[0], tables[1], config, look)
 
 
-Raw = tuple[float, float, int, int, float, float, float, float, float, float]
+Raw = tuple[float, float, int, int, tuple[float, float, float], tuple[float, float, float], float, float, float, float]
 
 
 def _compare(metric: Metric, canary: DeviceTable, control: DeviceTable, config: JudgeConfig) -> Raw:
-    """(p_worse, p_noninferior, n1, n2, canary median, control median, estimate, low, high, margin) on the
-    oriented analysis scale; p-values NaN below two devices per arm."""
+    """(p_worse, p_noninferior, n1, n2, canary and control (median, low, high), estimate, low, high, margin)
+    on the oriented analysis scale; p-values NaN below two devices per arm."""
     margin = getattr(config, metric.margin_key)
     delta = math.log(margin) if metric.ratio else margin
     x = canary.values[metric.name][np.isfinite(canary.values[metric.name])]
     y = control.values[metric.name][np.isfinite(control.values[metric.name])]
-    medians = (float(np.median(x)) if len(x) else math.nan, float(np.median(y)) if len(y) else math.nan)
+    confidence = 1 - 2 * config.alpha_promote
+    medians = (median_interval(x, confidence), median_interval(y, confidence))
     if len(x) < 2 or len(y) < 2:
         return (math.nan, math.nan, len(x), len(y), *medians, math.nan, math.nan, math.nan, delta)
     mw = mann_whitney(x - delta, y)
-    estimate, low, high = hodges_lehmann(x, y, 1 - 2 * config.alpha_promote)
+    estimate, low, high = hodges_lehmann(x, y, confidence)
     return (
         float(mw.p_greater),
         float(mw.p_less),
@@ -441,7 +464,7 @@ def _compare(metric: Metric, canary: DeviceTable, control: DeviceTable, config: 
 
 
 def _evidence(metric: Metric, raw: Raw, p_holm: float, alpha_look: float, alpha_promote: float) -> MetricEvidence:
-    p_worse, p_ni, n1, n2, canary_median, control_median, estimate, low, high, delta = raw
+    p_worse, p_ni, n1, n2, canary, control, estimate, low, high, delta = raw
     sign = 1.0 if metric.worse_if == "higher" else -1.0
 
     def natural(value: float) -> float:
@@ -455,15 +478,25 @@ def _evidence(metric: Metric, raw: Raw, p_holm: float, alpha_look: float, alpha_
         status = "noninferior"
     else:
         status = "inconclusive"
-    low_n, high_n = sorted((natural(low), natural(high)))
+
+    def interval(low: float, high: float) -> list[float]:
+        return sorted((natural(low), natural(high)))
+
+    canary_low, canary_high = interval(*canary[1:])
+    control_low, control_high = interval(*control[1:])
+    low_n, high_n = interval(low, high)
     return MetricEvidence(
         metric=metric.name,
         worse_if=metric.worse_if,
         scale="ratio" if metric.ratio else "difference",
         n_canary=n1,
         n_control=n2,
-        canary_median=natural(canary_median),
-        control_median=natural(control_median),
+        canary_median=natural(canary[0]),
+        canary_low=canary_low,
+        canary_high=canary_high,
+        control_median=natural(control[0]),
+        control_low=control_low,
+        control_high=control_high,
         estimate=natural(estimate),
         ci_low=low_n,
         ci_high=high_n,

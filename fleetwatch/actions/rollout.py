@@ -27,6 +27,9 @@ judge's evidence)::
   `baseline`) in the same transaction; `tick` (and the operator actions) send what is not yet delivered,
   so a crash between the two resends on restart. Commands are signed (`signing`) and sent by a
   `Commander` (`devices`).
+- **Judgements** are also written to the store as the measurement `rollout` (`write_judgement`), which the
+  Rollouts dashboard reads: at each look, per metric and arm, the arm's median device value with its
+  interval, the devices it rests on, the stage and the verdict.
 - **Adoption** is read from telemetry (fw_version / model_id of the frames); canary devices that do not
   report the new version within `adoption_deadline_s` of their command are reported once, in the audit.
 
@@ -46,10 +49,11 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fleetwatch.actions.devices import commander_from_settings
-from fleetwatch.actions.judge import Look, judge_frames
+from fleetwatch.actions.judge import Look, Verdict, judge_frames
 from fleetwatch.actions.signing import load_private_key, sign_command
 from fleetwatch.frames import Registry, Schema
 from fleetwatch.metrics import Metric
+from fleetwatch.sinks.base import SinkRejected, SinkUnavailable
 from fleetwatch.state import Migration, StateDB
 
 if TYPE_CHECKING:
@@ -508,6 +512,7 @@ class RolloutController:
         )
         evidence = verdict.to_json()
         reason = "; ".join(verdict.reasons)
+        self._record(row, verdict, now)
         events: list[Transition] = []
         if row.state == "baking":
             with self.db.transaction() as tx:
@@ -540,6 +545,15 @@ class RolloutController:
             else f"end of bake, inconclusive: {reason}"
         )
         return events + self._set_state(row, "judged", now, "controller", why, evidence)
+
+    def _record(self, row: RolloutRow, verdict: Verdict, now: int) -> None:
+        """The look for the dashboards (`write_judgement`); a store that cannot take it costs only the plot."""
+        if self.store is None:
+            return
+        try:
+            write_judgement(self.store, row.id, stage_label(row.plan.stages, row.stage), verdict, now)
+        except (SinkUnavailable, SinkRejected) as exc:
+            log.warning("rollout %s: judgement at %s not written to the store (%s)", row.id, now, exc)
 
     def _arms(
         self, row: RolloutRow, frames: Mapping[str, np.ndarray]
@@ -735,6 +749,50 @@ class RolloutController:
 
     def _last_event(self, rollout_id: str) -> Transition:
         return self.log.audit(rollout_id)[-1]
+
+
+def stage_label(stages: Sequence[float], stage: int) -> str:
+    """The `stage` tag of a judgement: "stage 2 (25%)" for the second of the plan's stages (0-based `stage`)."""
+    return f"stage {stage + 1} ({stages[stage]:g}%)"
+
+
+def write_judgement(store: Store, rollout_id: str, stage: str, verdict: Verdict, now: int) -> int:
+    """Write one look of the judge as `rollout` points at `now`: per metric and arm (canary, control) the
+    arm's median device value (`estimate`) with its interval (`lower`, `upper`; NaN where unbounded or
+    without data), in the metric's natural unit, the devices with a value (`n_devices`) and the verdict.
+    Tags `rollout_id`, `stage`, `arm`, `metric`; returns the points written."""
+    rows = [
+        (m.metric, arm, estimate, lower, upper, n)
+        for m in verdict.metrics
+        for arm, estimate, lower, upper, n in (
+            ("canary", m.canary_median, m.canary_low, m.canary_high, m.n_canary),
+            ("control", m.control_median, m.control_low, m.control_high, m.n_control),
+        )
+    ]
+    metric, arm, estimate, lower, upper, n = zip(*rows, strict=True)
+
+    def finite(values: Sequence[float]) -> np.ndarray:
+        array = np.asarray(values, dtype=float)
+        return np.where(np.isfinite(array), array, np.nan)
+
+    count = len(rows)
+    return store.write_table(
+        "rollout",
+        np.full(count, now, dtype=np.int64),
+        {
+            "rollout_id": np.full(count, rollout_id, dtype=object),
+            "stage": np.full(count, stage, dtype=object),
+            "arm": np.asarray(arm, dtype=object),
+            "metric": np.asarray(metric, dtype=object),
+        },
+        {
+            "estimate": finite(estimate),
+            "lower": finite(lower),
+            "upper": finite(upper),
+            "n_devices": np.asarray(n, dtype=np.int64),
+            "verdict": np.full(count, verdict.verdict, dtype=object),
+        },
+    )
 
 
 def _marks(values: Sequence[Any]) -> str:

@@ -2,8 +2,9 @@
 
 The imperative shell around `engine.evaluate`: it reads telemetry through the store's read interface,
 loads baselines and the inventory, writes findings back to the store (measurement `findings`, for
-Grafana), persists the engine state (CUSUM sums, open findings) in a JSON file so a restart continues
-where it stopped, and hands findings to whoever acts on them (the alert manager in the daemon).
+Grafana) with each checked device's baseline band (`baseline_band`, fleetwatch.drift.bands), persists the
+engine state (CUSUM sums, open findings) in a JSON file so a restart continues where it stopped, and
+hands findings to whoever acts on them (the alert manager in the daemon).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numpy as np
 
 from fleetwatch.baselines.model import Baseline, BaselineStore
 from fleetwatch.config import Settings
+from fleetwatch.drift.bands import MEASUREMENT as BANDS
+from fleetwatch.drift.bands import band_columns
 from fleetwatch.drift.engine import DriftSettings, EngineState, evaluate
 from fleetwatch.drift.scopes import Inventory, cohort_masks
 from fleetwatch.findings import Finding
@@ -61,6 +64,7 @@ class DriftRunner:
         )
         if write:
             self.write(findings)
+            self.store.write_table(BANDS, *band_columns(window, baselines, at, self.window_s))
             self._save_state()
             if self.on_findings is not None:
                 self.on_findings(findings)
