@@ -13,6 +13,7 @@ the first harmonic of a day) is fitted on the reference period, so a daily cycle
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -165,6 +166,11 @@ class BaselineStore:
             else []
         )
         return self._read(candidates[-1]) if candidates else None
+
+    def latest_for(self, model_ids: Iterable[int | str]) -> dict[int, Baseline]:
+        """The newest version of each model that has one (model_ids as ints or decimal strings)."""
+        found = {model: self.latest(model) for model in {int(m) for m in model_ids}}
+        return {model: baseline for model, baseline in found.items() if baseline is not None}
 
     @staticmethod
     def _read(path: Path) -> Baseline:

@@ -103,13 +103,9 @@ class DriftRunner:
         )
 
     def _baselines(self, model_ids: list[str]) -> dict[int, Baseline]:
-        found = {}
-        for model in model_ids:
-            baseline = self.baselines.latest(int(model))
-            if baseline is None:
-                log.warning("no baseline for model_id %s: its devices are not checked (fleetwatch baseline fit)", model)
-            else:
-                found[int(model)] = baseline
+        found = self.baselines.latest_for(model_ids)
+        for model in sorted({int(m) for m in model_ids} - found.keys()):
+            log.warning("no baseline for model_id %s: its devices are not checked (fleetwatch baseline fit)", model)
         return found
 
     def _save_state(self) -> None:
