@@ -27,7 +27,9 @@ from fleetwatch.actions.judge import (
     spent_alpha,
 )
 from fleetwatch.actions.rollout_config import JudgeConfig
+from fleetwatch.baselines.model import Baseline
 from fleetwatch.drift.multitest import holm
+from fleetwatch.drift.stats import psi
 from fleetwatch.simulate import ModelProfile
 from fleetwatch.simulate import rollouts as rollouts_module
 from fleetwatch.simulate.rollouts import LOOKS, PER_ARM, WORSE_CANARIES, judge_rollouts, simulate_rollouts
@@ -149,6 +151,99 @@ def test_device_table_values_and_expected_reboots() -> None:
     assert table.memory_max.tolist() == [60, 0]
     assert all(math.isnan(table.values[m][1]) for m in ("anomaly_rate", "latency_p95", "accuracy", "confidence_psi"))
     assert MIDPOINTS[9] == pytest.approx(0.95)
+
+
+# -- calibration maps and reference from the models' baselines ------------------------------------------
+def _baseline(model_id: int, calibration: tuple[float, ...] | None, confidence: tuple[float, ...]) -> Baseline:
+    """A baseline with only what the judge reads: the calibration map and the confidence proportions."""
+    return Baseline(
+        model_id=model_id,
+        version=f"model-{model_id}-v1",
+        source="training",
+        fitted_at=0,
+        time_range=None,
+        window_s=3600,
+        channels=(),
+        confidence=confidence,
+        confidence_edges=tuple(np.linspace(0, 1, 11).tolist()),
+        class_priors=(),
+        calibration=calibration,
+        anomaly_rate=0.01,
+        anomaly_dispersion=1.0,
+        anomaly_concentration=0.0,
+        latency_p95_ms=None,
+        mem_peak_pct=None,
+        reboot_rate=None,
+        windows=0,
+        devices=0,
+    )
+
+
+def _model_arms() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Ten canary devices on model 8 and ten control devices on model 7, identical telemetry: device i has
+    70 + i inferences in confidence bin 9 and 30 - i in bin 5 (one window each)."""
+    arms = []
+    for model, prefix in (("8", "c"), ("7", "k")):
+        rows = [
+            {
+                "device": f"{prefix}{i}",
+                "fw_version": "1.0.0",
+                "model_id": model,
+                "inference_count": 100,
+                "latency_p95_ms": 10.0,
+                "conf_hist_9": 70 + i,
+                "conf_hist_5": 30 - i,
+            }
+            for i in range(10)
+        ]
+        arms.append(_windows(rows))
+    return arms[0], arms[1]
+
+
+#: Model 8 is overconfident: right 60% of the time at confidence 0.9-1, 50% at 0.5-0.6.
+OVERCONFIDENT = (*MIDPOINTS[:5], 0.5, *MIDPOINTS[6:9], 0.6)
+
+
+def test_each_arm_is_estimated_with_its_own_models_calibration_map() -> None:
+    canary, control = _model_arms()
+    baselines = {8: _baseline(8, OVERCONFIDENT, (0.1,) * 10), 7: _baseline(7, None, (0.1,) * 10)}
+    verdict = judge_frames(canary, control, CONFIG, Look(1.0), baselines=baselines)
+    accuracy = next(m for m in verdict.metrics if m.metric == "accuracy")
+    # canary device i: ((70 + i) 0.6 + (30 - i) 0.5) / 100 = (57 + 0.1 i) / 100, median over i = 0..9: 0.5745
+    # control (model 7 has no fitted map: midpoints): ((70 + i) 0.95 + (30 - i) 0.55) / 100 = (83 + 0.4 i) / 100
+    assert accuracy.canary_median == pytest.approx(0.5745)
+    assert accuracy.control_median == pytest.approx(0.848)
+    # Hodges-Lehmann: median over i, j of (-26 + 0.1 i - 0.4 j) / 100, symmetric around i = j = 4.5
+    assert accuracy.estimate == pytest.approx(-0.2735)
+    assert accuracy.status == "worse" and verdict.verdict == "rollback"
+    assert verdict.sources == {
+        "canary calibration": "model-8-v1 (fitted calibration)",
+        "control calibration": "model-7-v1 (unfitted: bin midpoints)",
+        "confidence reference": "model-7-v1 confidence proportions",
+    }
+    # the reference is model 7's baseline proportions (uniform), not control's pooled histogram
+    control_hist = np.stack([control["conf_hist_9"], control["conf_hist_5"]], axis=1)
+    expected_psi = psi(np.pad(control_hist, ((0, 0), (0, 8))), np.full(10, 0.1))
+    psi_evidence = next(m for m in verdict.metrics if m.metric == "confidence_psi")
+    assert psi_evidence.control_median == pytest.approx(float(np.median(expected_psi)))
+
+    # without baselines both arms get the midpoints: identical devices, no accuracy difference
+    plain = judge_frames(canary, control, CONFIG, Look(1.0))
+    plain_accuracy = next(m for m in plain.metrics if m.metric == "accuracy")
+    assert plain_accuracy.canary_median == pytest.approx(0.848) and plain_accuracy.estimate == pytest.approx(0.0)
+    assert plain.verdict != "rollback"
+    assert plain.sources["confidence reference"] == "control pooled histogram"
+
+
+def test_a_model_without_a_baseline_falls_back_to_the_midpoints_and_says_so() -> None:
+    canary, control = _model_arms()
+    verdict = judge_frames(canary, control, CONFIG, Look(1.0), baselines={7: _baseline(7, OVERCONFIDENT, (0.1,) * 10)})
+    accuracy = next(m for m in verdict.metrics if m.metric == "accuracy")
+    assert accuracy.canary_median == pytest.approx(0.848)  # midpoints: (83 + 0.4 * 4.5) / 100
+    assert accuracy.control_median == pytest.approx(0.5745)  # model 7's fitted map
+    assert "canary model 8 has no baseline: its accuracy is estimated with the bin midpoints" in verdict.reasons
+    assert verdict.sources["canary calibration"] == "bin midpoints (model 8 has no baseline)"
+    assert verdict.to_json()["sources"]["control calibration"] == "model-7-v1 (fitted calibration)"
 
 
 # -- simulated rollouts ----------------------------------------------------------------------------------

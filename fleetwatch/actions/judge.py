@@ -24,8 +24,13 @@ reboot_rate        lin    unexpected reboots per window
 
 A reboot is *expected*, and not counted, in a device's first window of the look and in a window whose
 fw_version or model_id differs from the device's previous window: that is where an update reboots it.
-The calibration map defaults to the bin midpoints (a calibrated model); the reference histogram defaults
-to the control devices' pooled histogram (no control windows: no PSI).
+Calibration map and reference (`judge_frames`): with the models' baselines (model_id -> `Baseline`), each
+arm's accuracy uses the calibration map of the model most of its windows ran (`Baseline.accuracy_map`: the
+fitted map, or the bin midpoints when the baseline has none) -- in a model rollout the canary's is the new
+model's, control's the old one's -- and the reference is the control model's baseline confidence
+proportions. A model without a baseline gets the bin midpoints (a calibrated model), said in the reasons;
+a control model without one, or no baselines at all, makes the reference the control devices' pooled
+histogram (no control windows: no PSI). `Verdict.sources` names what was used.
 
 Tests
 -----
@@ -76,7 +81,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -87,6 +92,7 @@ from fleetwatch.drift.stats import estimated_accuracy, psi
 
 if TYPE_CHECKING:
     from fleetwatch.actions.rollout_config import JudgeConfig
+    from fleetwatch.baselines.model import Baseline
 
 Decision = Literal["promote", "continue", "rollback"]
 CONFIDENCE_BINS = 10
@@ -353,7 +359,8 @@ class GuardrailEvidence:
 
 @dataclass(frozen=True)
 class Verdict:
-    """What the judge decided and why."""
+    """What the judge decided and why; `sources` names each arm's calibration map and the confidence
+    reference (`judge_frames`)."""
 
     verdict: Decision
     reasons: tuple[str, ...]
@@ -364,6 +371,7 @@ class Verdict:
     alpha_look: float
     n_canary: int
     n_control: int
+    sources: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values (infinities and NaN as null)."""
@@ -423,15 +431,46 @@ def judge_frames(
     config: JudgeConfig,
     look: Look,
     *,
-    calibration: np.ndarray | None = None,
-    reference: np.ndarray | None = None,
+    baselines: Mapping[int, Baseline] | None = None,
 ) -> Verdict:
-    """`judge` on raw windows: `device_table` of each arm, the reference defaulting to control's pooled
-    confidence histogram and the calibration map to the bin midpoints."""
-    reference = pooled_histogram(control) if reference is None else np.asarray(reference, dtype=float)
-    calibration = MIDPOINTS if calibration is None else np.asarray(calibration, dtype=float)
-    tables = [device_table(f, calibration=calibration, reference=reference) for f in (canary, control)]
-    return judge(tables[0], tables[1], config, look)
+    """`judge` on raw windows (`device_table` of each arm). Each arm's calibration map is its model's
+    baseline's and the reference the control model's baseline confidence proportions (module docstring);
+    without `baselines` (model_id -> its latest baseline), the bin midpoints and control's pooled histogram."""
+    arms = {"canary": canary, "control": control}
+    found = {arm: _arm_baseline(frames, baselines) for arm, frames in arms.items()}
+    calibrations, sources, notes = {}, {}, []
+    for arm, (model, baseline) in found.items():
+        if baseline is None:
+            calibrations[arm] = MIDPOINTS
+            sources[f"{arm} calibration"] = "bin midpoints"
+            if model is not None:
+                sources[f"{arm} calibration"] += f" (model {model} has no baseline)"
+                notes.append(f"{arm} model {model} has no baseline: its accuracy is estimated with the bin midpoints")
+        else:
+            calibrations[arm] = baseline.accuracy_map()
+            fitted = "fitted calibration" if baseline.calibration is not None else "unfitted: bin midpoints"
+            sources[f"{arm} calibration"] = f"{baseline.version} ({fitted})"
+    reference_baseline = found["control"][1]
+    if reference_baseline is None:
+        reference = pooled_histogram(control)
+        sources["confidence reference"] = "control pooled histogram"
+    else:
+        reference = np.asarray(reference_baseline.confidence, dtype=float)
+        sources["confidence reference"] = f"{reference_baseline.version} confidence proportions"
+    tables = [device_table(frames, calibration=calibrations[arm], reference=reference) for arm, frames in arms.items()]
+    verdict = judge(tables[0], tables[1], config, look)
+    return replace(verdict, reasons=verdict.reasons + tuple(notes), sources=sources)
+
+
+def _arm_baseline(
+    frames: Mapping[str, np.ndarray], baselines: Mapping[int, Baseline] | None
+) -> tuple[int | None, Baseline | None]:
+    """(the model_id most of the arm's windows ran, its baseline); (None, None) without `baselines` or windows."""
+    models, counts = np.unique(np.asarray(frames["model_id"]).astype(str), return_counts=True)
+    if baselines is None or not len(models):
+        return None, None
+    model = int(models[np.argmax(counts)])
+    return model, baselines.get(model)
 
 
 Raw = tuple[float, float, int, int, tuple[float, float, float], tuple[float, float, float], float, float, float, float]

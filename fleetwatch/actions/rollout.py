@@ -21,8 +21,10 @@ judge's evidence)::
   no stage reached when the last stage is below 100%.
 - **Looks**: each `tick(now)` judges a baking stage on the windows since the stage started: canary devices
   that report the new version against control devices on the baseline (`fleetwatch.actions.judge`;
-  a look spends alpha by the bake fraction elapsed). Rollback at any look; promotion only at the end of
-  the bake.
+  a look spends alpha by the bake fraction elapsed), each arm's accuracy from its model's calibration
+  map and the confidence PSI against the control model's baseline (the latest of each model in the
+  `baselines` store; `controller_from_settings` uses `drift.baselines_dir`, as the drift runner does).
+  Rollback at any look; promotion only at the end of the bake.
 - **Commands** go through an outbox: a state change records each device's desired state (`target` or
   `baseline`) in the same transaction; `tick` (and the operator actions) send what is not yet delivered,
   so a crash between the two resends on restart. Commands are signed (`signing`) and sent by a
@@ -51,6 +53,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fleetwatch.actions.devices import commander_from_settings
 from fleetwatch.actions.judge import Look, Verdict, judge_frames
 from fleetwatch.actions.signing import load_private_key, sign_command
+from fleetwatch.baselines.model import Baseline, BaselineStore
 from fleetwatch.frames import Registry, Schema
 from fleetwatch.metrics import Metric
 from fleetwatch.sinks.base import SinkRejected, SinkUnavailable
@@ -408,14 +411,13 @@ class RolloutController:
         *,
         store: Store | None = None,
         schema: Schema | None = None,
-        calibration: np.ndarray | None = None,
-        reference: np.ndarray | None = None,
+        baselines: BaselineStore | None = None,
     ) -> None:
         self.log = RolloutLog(db)
         self.db, self.store, self.commander, self.config = db, store, commander, config
         self.signing_key = signing_key
         self.schema = schema or Registry.builtin().get(1)
-        self.calibration, self.reference = calibration, reference
+        self.baselines = baselines
 
     # -- operator actions ------------------------------------------------------------------------
     def start(
@@ -507,9 +509,7 @@ class RolloutController:
             return []
         look = Look(info, row.info_spent) if row.state == "baking" else Look(1.0, 1.0)
         canary, control = self._arms(row, frames)
-        verdict = judge_frames(
-            canary, control, self.config.judge, look, calibration=self.calibration, reference=self.reference
-        )
+        verdict = judge_frames(canary, control, self.config.judge, look, baselines=self._baselines(canary, control))
         evidence = verdict.to_json()
         reason = "; ".join(verdict.reasons)
         self._record(row, verdict, now)
@@ -554,6 +554,12 @@ class RolloutController:
             write_judgement(self.store, row.id, stage_label(row.plan.stages, row.stage), verdict, now)
         except (SinkUnavailable, SinkRejected) as exc:
             log.warning("rollout %s: judgement at %s not written to the store (%s)", row.id, now, exc)
+
+    def _baselines(self, *arms: Mapping[str, np.ndarray]) -> dict[int, Baseline] | None:
+        """The latest baseline of each model the arms ran (None without a baseline store: the judge's defaults)."""
+        if self.baselines is None:
+            return None
+        return self.baselines.latest_for(np.unique(np.concatenate([a["model_id"] for a in arms]).astype(str)).tolist())
 
     def _arms(
         self, row: RolloutRow, frames: Mapping[str, np.ndarray]
@@ -808,4 +814,4 @@ def controller_from_settings(
     config = settings.rollout
     key = load_private_key(config.signing_key_path(settings.data_dir))
     commander = commander or commander_from_settings(settings, config)
-    return RolloutController(db, commander, config, key, store=store)
+    return RolloutController(db, commander, config, key, store=store, baselines=BaselineStore(settings.baselines_dir))

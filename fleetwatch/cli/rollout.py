@@ -31,6 +31,7 @@ from fleetwatch.actions.rollout import (
 )
 from fleetwatch.actions.rollout_config import RolloutConfig, check_stages, public_key_path
 from fleetwatch.actions.signing import generate_private_key, public_pem, write_key_pair
+from fleetwatch.baselines.model import BaselineStore
 from fleetwatch.cli._common import config_option, settings_from
 from fleetwatch.cli.backfill import parse_time
 from fleetwatch.cli.quarantine import parse_duration
@@ -319,7 +320,8 @@ def judge(canary_file: Path, control_file: Path, start: str, end: str, as_json: 
         store.close()
     device = frames["device"].astype(str)
     arms = [{k: v[np.isin(device, members)] for k, v in frames.items()} for members in (canary, control)]
-    verdict = judge_frames(arms[0], arms[1], settings.rollout.judge, Look(1.0))
+    baselines = BaselineStore(settings.baselines_dir).latest_for(np.unique(frames["model_id"].astype(str)).tolist())
+    verdict = judge_frames(arms[0], arms[1], settings.rollout.judge, Look(1.0), baselines=baselines)
     if as_json:
         click.echo(json.dumps(verdict.to_json()))
     else:
@@ -347,6 +349,8 @@ def _print_verdict(verdict: Verdict) -> None:
         )
     for g in verdict.guardrails:
         click.echo(f"guardrail {g.name}: {'TRIPPED' if g.tripped else 'ok'} ({g.detail})")
+    for what, source in verdict.sources.items():
+        click.echo(f"{what}: {source}")
 
 
 @command.command("keygen")
