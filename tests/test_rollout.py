@@ -9,6 +9,7 @@ controller recorded as delivered to each device (test_devices.py has devices tha
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import threading
 import time
@@ -33,6 +34,8 @@ from fleetwatch.actions.rollout import (
 )
 from fleetwatch.actions.rollout_config import RolloutConfig
 from fleetwatch.actions.signing import generate_private_key, verify_command
+from fleetwatch.baselines.fit import fit_reference
+from fleetwatch.baselines.model import BaselineStore
 from fleetwatch.cli import main
 from fleetwatch.config import MqttConfig
 from fleetwatch.drift.scopes import read_inventory
@@ -90,7 +93,8 @@ def test_draw_within_a_cohort() -> None:
 
 # -- the state machine with real servers -----------------------------------------------------------------
 class Harness:
-    """A fleet, a real embedded store and state database, and a controller sending over real MQTT."""
+    """A fleet, a real embedded store, state database and baseline store, and a controller sending over
+    real MQTT."""
 
     def __init__(self, tmp: Path, broker: Mosquitto, config: RolloutConfig) -> None:
         self.spec = FleetSpec(n_devices=120, seed=5, window_s=HOUR)
@@ -103,13 +107,16 @@ class Harness:
         self.config = config
         self.key = generate_private_key()
         self.mqtt = MqttConfig(url=broker.url, client_id="fleetwatch-test")
+        self.baselines = BaselineStore(tmp / "baselines")
         self.open()
 
     def open(self) -> None:
         """(Re)start the daemon's part: a state database handle and a controller on it."""
         self.db = StateDB(self.state_path)
         commander = MqttCommander(self.mqtt, self.config.command_topic, timeout_s=5)
-        self.controller = RolloutController(self.db, commander, self.config, self.key, store=self.store)
+        self.controller = RolloutController(
+            self.db, commander, self.config, self.key, store=self.store, baselines=self.baselines
+        )
 
     def close(self) -> None:
         self.db.close()
@@ -238,6 +245,36 @@ def test_a_restart_mid_rollout_resumes_from_the_state_database(tmp_path: Path, m
     assert bounded.any()
     assert np.all(points["lower"][bounded] <= points["estimate"][bounded])
     assert np.all(points["estimate"][bounded] <= points["upper"][bounded])
+    h.close()
+
+
+def test_the_judge_uses_each_models_baseline(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """Control runs the old model, whose baseline (fitted on the windows before the rollout) has a calibration
+    map of 0.5 in every bin; the new model has no baseline: its accuracy comes from the bin midpoints."""
+    h = Harness(tmp_path, mosquitto, _config())
+    for _ in range(12):
+        h.window("none")
+    plan = _plan()
+    old = int(plan.baseline.version)
+    reference = h.store.read_frames(h.spec.start, h.now(), schema=Registry.builtin().get(1))
+    fitted = fit_reference(reference, model_id=old, version="model-x", fitted_at=h.now(), time_range=(0, h.now()))
+    version = h.baselines.next_version(old)
+    h.baselines.save(dataclasses.replace(fitted, version=version, calibration=(0.5,) * 10))
+    selection = select_devices(h.inventory, stages=plan.stages, control_pct=plan.control_pct, seed=plan.seed)
+    h.controller.start("model-b", plan, selection, now=h.now(), actor="erin@cli")
+    h.window("model-b")
+    look = next(e for e in h.controller.tick(h.now()) if e.action == "judge")
+
+    assert look.evidence["sources"] == {
+        "canary calibration": f"bin midpoints (model {NEW_MODEL} has no baseline)",
+        "control calibration": f"{version} (fitted calibration)",
+        "confidence reference": f"{version} confidence proportions",
+    }
+    assert f"canary model {NEW_MODEL} has no baseline: its accuracy is estimated with the bin midpoints" in look.reason
+    accuracy = next(m for m in look.evidence["metrics"] if m["metric"] == "accuracy")
+    # every control device: sum_b H_b 0.5 / N = 0.5 exactly; the canary's midpoints give more than that
+    assert accuracy["control_median"] == pytest.approx(0.5) and accuracy["n_control"] == 24
+    assert accuracy["canary_median"] > 0.6
     h.close()
 
 
@@ -377,7 +414,7 @@ def test_cli_judge_reads_the_store(tmp_path: Path) -> None:
     (tmp_path / "canary.txt").write_text("\n".join(ids[:20]) + "\n")
     (tmp_path / "control.txt").write_text("\n".join(ids[20:]) + "\n\n")
     config = tmp_path / "fleetwatch.toml"
-    config.write_text(f'[store]\nurl = "embedded://{tmp_path / "store"}"\n')
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\n[store]\nurl = "embedded://{tmp_path / "store"}"\n')
     args = ["rollout", "judge", "--canary", str(tmp_path / "canary.txt"), "--control", str(tmp_path / "control.txt")]
     args += ["--from", str(spec.start), "--to", str(spec.start + 4 * spec.window_s), "-c", str(config)]
 
@@ -390,3 +427,6 @@ def test_cli_judge_reads_the_store(tmp_path: Path) -> None:
     text = CliRunner().invoke(main, args).output
     assert text.startswith("verdict: rollback (20 canary, 20 control devices)")
     assert "latency_p95    worse" in text and "guardrail memory_ceiling: ok" in text
+    # no baselines in data_dir/baselines: both models fall back to the midpoints, and say so
+    assert f"canary calibration: bin midpoints (model {NEW_MODEL} has no baseline)" in text
+    assert f"canary model {NEW_MODEL} has no baseline" in " ".join(verdict["reasons"])
