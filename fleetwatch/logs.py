@@ -31,3 +31,6 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # apscheduler logs two INFO lines for every run of every job (the alert tick runs every 10 s): kept
+    # for DEBUG, left out otherwise; its warnings (misfires, errors) always show.
+    logging.getLogger("apscheduler").setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)

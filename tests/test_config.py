@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fleetwatch.config import ConfigError, load_config, mask_url, masked
+from fleetwatch.logs import setup_logging
 
 
 @pytest.fixture(autouse=True)
@@ -164,3 +166,19 @@ def test_reference_docs_and_example_are_generated_from_the_model() -> None:
     example = example_toml()
     assert all(f"# {key.rpartition('.')[2]} = " in example for key, *_ in reference())
     assert all(description for *_, description in reference())
+
+
+def test_logging_keeps_apscheduler_job_chatter_out_unless_debugging() -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        setup_logging("INFO")
+        scheduler = logging.getLogger("apscheduler.executors.default")
+        assert not scheduler.isEnabledFor(logging.INFO) and scheduler.isEnabledFor(logging.WARNING)
+        assert logging.getLogger("fleetwatch.daemon").isEnabledFor(logging.INFO)
+        setup_logging("DEBUG")
+        assert scheduler.isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        logging.getLogger("apscheduler").setLevel(logging.NOTSET)

@@ -7,6 +7,7 @@ crash tests, as a separate `fleetwatch run` process that is killed with SIGKILL 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -24,13 +25,14 @@ import pytest
 import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleetwatch.config import Settings
+from fleetwatch.config import MqttConfig, Settings
 from fleetwatch.daemon import Daemon
 from fleetwatch.frames import Registry, decode_messages, encode_frames
 from fleetwatch.grafana.builder import DATASOURCE_UID
 from fleetwatch.grafana.macros import TimeRange, interpolate
 from fleetwatch.grafana.provisioning import alerting_files
 from fleetwatch.sinks import open_store
+from fleetwatch.sources.mqtt import MqttSource
 
 SCHEMA = Registry.builtin().get(1)
 START = 1_795_000_000
@@ -357,3 +359,16 @@ def test_the_daemon_writes_its_ingest_counters_for_the_grafana_rules(
                 with urllib.request.urlopen(f"{influxd.http_url}/query", data=body.encode(), timeout=10) as response:
                     (result,) = json.loads(response.read())["results"]
                 assert result.get("series"), (rule["title"], text)
+
+
+def test_an_unreachable_broker_is_logged_and_retried(caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()  # nothing listens there
+    source = MqttSource(MqttConfig(url=f"mqtt://127.0.0.1:{port}", reconnect_min_s=1, reconnect_max_s=2), print)
+    with caplog.at_level(logging.WARNING, logger="fleetwatch.sources.mqtt"):
+        source.start()
+        try:
+            wait_for(lambda: len(caplog.records) >= 2, 15, "two failed connection attempts logged")
+        finally:
+            source.close()
+    assert f"MQTT broker 127.0.0.1:{port} unreachable; retrying with backoff (up to 2 s)" in caplog.text
+    assert not source.wait_connected(0)

@@ -39,6 +39,7 @@ class MqttSource:
         self.client.reconnect_delay_set(int(config.reconnect_min_s), int(config.reconnect_max_s))
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_message = self._on_message
 
     def start(self) -> None:
@@ -69,6 +70,14 @@ class MqttSource:
         )
         client.subscribe(self.config.subscription, qos=1)
         self.connected.set()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        log.warning(
+            "MQTT broker %s:%s unreachable; retrying with backoff (up to %s s)",
+            self.config.host,
+            self.config.port,
+            int(self.config.reconnect_max_s),
+        )
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object
