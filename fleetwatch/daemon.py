@@ -150,7 +150,7 @@ class Daemon:
         self.metrics.add_families(self.actions.metrics)
         drift = settings.drift
         self.jobs = Jobs(Lease(self.db), misfire_grace_s=drift.misfire_grace_s)
-        self.drift = runner_from_settings(settings, self.store) if drift.enabled else None
+        self.drift = runner_from_settings(settings, self.store, self.inventory) if drift.enabled else None
         if self.drift is not None:
             if settings.alerts.enabled:
                 self.drift.on_findings = self.actions.process

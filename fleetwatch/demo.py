@@ -53,7 +53,7 @@ from rich.text import Text
 
 from fleetwatch.actions.devices import MqttCommander
 from fleetwatch.actions.receivers import signature
-from fleetwatch.actions.rollout import Artifact, Plan, RolloutLog, select_devices
+from fleetwatch.actions.rollout import Artifact, Plan, select_devices
 from fleetwatch.actions.rollout_config import public_key_path
 from fleetwatch.actions.signing import generate_private_key, write_key_pair
 from fleetwatch.baselines import Baseline, BaselineStore, fit_reference
@@ -401,7 +401,7 @@ class Demo:
         self._count_reverted(at)
 
     def _rollout_status(self) -> None:
-        status = RolloutLog(self.daemon.db).status(WORSE_NAME)[0]
+        status = self.actions.rollouts.status(WORSE_NAME)[0]
         self.story.rollout_state = status["state"]
         self.story.rollout_stage = f"stage {status['stage']} of {len(self.settings.rollout.stages)}"
 

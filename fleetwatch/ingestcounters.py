@@ -109,11 +109,14 @@ class IngestCounters:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-            self.write()
+            self._write_safely()
 
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
-            try:
-                self.write()
-            except Exception:
-                log.exception("ingest counters: write failed; trying again next period")
+            self._write_safely()
+
+    def _write_safely(self) -> None:
+        try:
+            self.write()
+        except Exception:
+            log.exception("ingest counters: write failed; the counts carry over to the next write")

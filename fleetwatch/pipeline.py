@@ -202,7 +202,9 @@ class Pipeline:
                         return
                 if self.spool.is_empty() or self.spool.pending_bytes() + rows.nbytes <= self._spool_max:
                     break
-                held = held or self._hold()
+                if not held:
+                    self._hold()
+                    held = True
                 if self._stop.wait(self._replay_interval):
                     raise SpoolFull("stopped while the spool was full")
                 self._replay_safely()
@@ -214,7 +216,7 @@ class Pipeline:
         self.metrics.frames_spooled.inc(len(batch))
         self.metrics.spool_bytes.set(self.spool.pending_bytes())
 
-    def _hold(self) -> bool:
+    def _hold(self) -> None:
         """The spool is at `spool_max_bytes` (the store has been down that long): this batch waits.
 
         Nothing is acknowledged meanwhile: the queue fills, MQTT stops delivering (the broker keeps the
@@ -224,7 +226,6 @@ class Pipeline:
         """
         log.warning("spool full (pipeline.spool_max_bytes = %d): ingest held until the store is back", self._spool_max)
         self.metrics.spool_full.set(1)
-        return True
 
     def _write(self, batch: FrameBatch) -> int:
         started = time.perf_counter()

@@ -208,9 +208,9 @@ def retrain_payload(notification: Notification, field_data: Mapping[str, Any] | 
     the snippet index), their count, how many devices sent them and the dataset directory. None unless the
     notification reports new or escalated drift."""
     items = drifting_items(notification)
-    if not items:
+    since = drift_start(notification)
+    if since is None:
         return None
-    since = min(i.alert.first_window_start for i in items)
     until = max(i.alert.finding.window_end for i in items)
     devices = sorted({i.alert.key for i in items if i.alert.scope == "device"})
     baselines = Counter(i.alert.finding.baseline_version for i in items if i.alert.finding.baseline_version)

@@ -27,12 +27,12 @@ from collections.abc import Mapping
 import numpy as np
 
 from fleetwatch.baselines.model import Baseline
+from fleetwatch.drift.engine import CHANNELS
 from fleetwatch.drift.stats import estimated_accuracy
 
 MEASUREMENT = "baseline_band"
 #: Half the band's width, in standard deviations.
 BAND_SD = 3.0
-CHANNELS = 3
 
 Bands = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
 

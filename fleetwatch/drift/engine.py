@@ -118,7 +118,8 @@ class SumTable:
 
     @classmethod
     def from_json(cls, data: dict) -> SumTable:
-        if "keys" not in data or "rows" not in data:  # before 0.1: {key: [upper, lower, run]}
+        # state files written before the columnar form hold {key: [upper, lower, run]}
+        if "keys" not in data or "rows" not in data:
             data = {"keys": list(data), "rows": list(data.values())}
         return cls().put(np.array(data["keys"], dtype=str), np.array(data["rows"], dtype=float).reshape(-1, 3))
 

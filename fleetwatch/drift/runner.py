@@ -126,11 +126,14 @@ class DriftRunner:
         return {k: np.asarray(v)[last] for k, v in columns.items()}
 
 
-def runner_from_settings(settings: Settings, store: Store) -> DriftRunner:
-    """The runner the config describes (schema 1, the configured baselines, inventory and thresholds)."""
+def runner_from_settings(settings: Settings, store: Store, inventory: Inventory | None = None) -> DriftRunner:
+    """The runner the config describes (schema 1, the configured baselines, inventory and thresholds);
+    `inventory` when the caller has read `fleet.inventory` already."""
     from fleetwatch.drift.scopes import read_inventory
     from fleetwatch.frames import Registry
 
+    if inventory is None and settings.fleet.inventory:
+        inventory = read_inventory(settings.fleet.inventory)
     drift = settings.drift
     return DriftRunner(
         store=store,
@@ -143,6 +146,6 @@ def runner_from_settings(settings: Settings, store: Store) -> DriftRunner:
             min_inferences=drift.min_inferences,
         ),
         window_s=drift.window_s,
-        inventory=read_inventory(settings.fleet.inventory) if settings.fleet.inventory else None,
+        inventory=inventory,
         state_path=settings.data_dir / "drift-state.json",
     )

@@ -5,7 +5,7 @@
 - `ingest`: a snippet message in (MQTT, Notehub event, `/notehub/snippet`) -> stored, duplicate or
   quarantined with a reason; counted on /metrics.
 - `edgeimpulse`: the data acquisition document (pure) and the forwarder (HTTP, retries, idempotent).
-- `requests`: snippet requests to devices through the rollout commanders, and the drift-alert hook.
+- `capture`: snippet requests to devices through the rollout commanders, and the drift-alert hook.
 
 The wire format and its pure decoder live in `fleetwatch.frames.snippet`; docs/snippets.md explains it all.
 """

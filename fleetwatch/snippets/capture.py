@@ -22,6 +22,7 @@ from typing import Any
 
 from fleetwatch.actions.alerts import Notification
 from fleetwatch.actions.devices import Commander, MqttCommander, NotehubCommander, notehub_client
+from fleetwatch.actions.receivers import drifting_items
 from fleetwatch.actions.rollout_config import RolloutNotehubConfig
 from fleetwatch.config import Settings
 from fleetwatch.snippets.store import Query, SnippetStore
@@ -92,12 +93,8 @@ class SnippetRequester:
 
 def drifted_devices(notification: Notification, inventory: Inventory | None) -> list[str]:
     """The devices a notification's new or escalated drift concerns (sorted, no duplicates)."""
-    if notification.status != "firing":
-        return []
     devices: set[str] = set()
-    for item in notification.items:
-        if item.reason not in ("new", "escalated"):
-            continue
+    for item in drifting_items(notification):
         if item.alert.scope == "device":
             devices.add(item.alert.key)
         elif item.alert.scope == "cohort":

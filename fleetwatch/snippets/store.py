@@ -135,7 +135,7 @@ class SnippetStore:
     def add(
         self, raw: bytes, device: str, received: int, transport: str, label: str | None = None
     ) -> tuple[Record, bool]:
-        """Index and keep a snippet (already known to decode); returns its record and whether it is new.
+        """Index and keep a snippet (ValueError when it does not decode); returns its record and whether it is new.
         The file is written and fsync'd before the index row is committed."""
         snippet = decode_snippet(raw)
         if not isinstance(snippet, Snippet):

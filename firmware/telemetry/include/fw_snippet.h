@@ -9,7 +9,7 @@
  *   1      1    u8    version      1
  *   2      1    u8    channels     1..16
  *   3      1    u8    sample_type  1 = float32
- *   4      4    f32   interval_ms  time between two samples, > 0
+ *   4      4    f32   interval_ms  time between two samples, > 0 and <= 3,600,000 (one hour)
  *   8      4    u32   start_time   Unix seconds of the first sample (0: the device has no clock)
  *   12     4    u32   model_id     CRC-32 of the deployed model blob (as in frames)
  *   16     1    u8    reason       why it was captured (FWS_REASON_*)
@@ -34,6 +34,8 @@
 #define FWS_HEADER_LEN 20u
 #define FWS_CRC_LEN 2u
 #define FWS_MAX_CHANNELS 16u
+/* The largest interval_ms the server accepts (one hour; fleetwatch.frames.snippet.MAX_INTERVAL_MS). */
+#define FWS_MAX_INTERVAL_MS 3600000.0f
 #define FWS_SAMPLE_FLOAT32 1u
 /* Bytes on the wire of a snippet of count samples of channels channels. */
 #define FWS_LEN(channels, count) (FWS_HEADER_LEN + 4u * (size_t)(channels) * (size_t)(count) + FWS_CRC_LEN)
@@ -48,7 +50,7 @@
 
 typedef struct {
     uint8_t channels;    /* 1..FWS_MAX_CHANNELS */
-    float interval_ms;   /* > 0 */
+    float interval_ms;   /* > 0 and <= FWS_MAX_INTERVAL_MS */
     uint32_t start_time; /* Unix seconds, 0 when the device has no clock */
     uint32_t model_id;
     uint8_t reason; /* FWS_REASON_* */
@@ -56,7 +58,7 @@ typedef struct {
 
 /* Header + samples (count rows of info->channels floats, interleaved) + CRC into out. Returns
  * FWS_LEN(channels, count), or 0 (nothing written) when a pointer is NULL, channels is 0 or over
- * FWS_MAX_CHANNELS, count is 0, interval_ms is not > 0, or buf_len is too small. */
+ * FWS_MAX_CHANNELS, count is 0, interval_ms is not in (0, FWS_MAX_INTERVAL_MS], or buf_len is too small. */
 size_t fws_pack(const fws_info_t *info, const float *samples, uint16_t count, uint8_t *out, size_t buf_len);
 
 /* The same, for samples already stored as native floats at out + FWS_HEADER_LEN (any alignment): they

@@ -12,7 +12,8 @@ typedef char fws_float_size_check[(sizeof(float) == 4u && sizeof(uint32_t) == 4u
 static int fws_valid(const fws_info_t *info, uint16_t count, const uint8_t *out, size_t buf_len)
 {
     return info != NULL && out != NULL && info->channels >= 1u && info->channels <= FWS_MAX_CHANNELS &&
-           count >= 1u && info->interval_ms > 0.0f && buf_len >= FWS_LEN(info->channels, count);
+           count >= 1u && info->interval_ms > 0.0f && info->interval_ms <= FWS_MAX_INTERVAL_MS &&
+           buf_len >= FWS_LEN(info->channels, count);
 }
 
 size_t fws_pack_in_place(const fws_info_t *info, uint16_t count, uint8_t *out, size_t buf_len)

@@ -557,6 +557,8 @@ static void test_snippet_refusals(void)
     CHECK_EQ(fws_pack(&info, samples, 2u, NULL, sizeof out), 0);
     info.interval_ms = 0.0f;
     CHECK_EQ(fws_pack(&info, samples, 2u, out, sizeof out), 0);
+    info.interval_ms = FWS_MAX_INTERVAL_MS * 2.0f; /* the server rejects it as bad_interval */
+    CHECK_EQ(fws_pack(&info, samples, 2u, out, sizeof out), 0);
     info.interval_ms = 1.0f;
     info.channels = 0u;
     CHECK_EQ(fws_pack(&info, samples, 2u, out, sizeof out), 0);
@@ -564,6 +566,7 @@ static void test_snippet_refusals(void)
     CHECK_EQ(fws_pack_in_place(&info, 1u, out, sizeof out), 0);
     CHECK_EQ(out[0], 0x55);
     info.channels = 2u;
+    info.interval_ms = FWS_MAX_INTERVAL_MS; /* the largest the server takes */
     CHECK_EQ(fws_pack(&info, samples, 2u, out, sizeof out), FWS_LEN(2u, 2u));
     CHECK_EQ(out[0], FWS_MAGIC);
     CHECK_EQ(get_u16(out, 18), 2);
