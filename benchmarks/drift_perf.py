@@ -7,7 +7,8 @@ then `--windows` evaluated windows. The baseline is fitted from the reference da
 
 Timed, window by window as `DriftRunner.check` does it: `read_frames` of the window, `cohort_masks` (site
 from the inventory, fw_version, model_id, fleet) and `evaluate` (default `DriftSettings`), carrying the engine
-state from one window to the next.
+state from one window to the next. The inventory is indexed once before (`InventoryIndex`), as the runner
+does when it starts.
 
 The baseline: a per-device Python loop calling scipy for each test the engine runs (two-sided z and CUSUM
 update for the 3 input means and 3 log variances, G-test via `scipy.stats.power_divergence` and `chi2.sf`
@@ -29,7 +30,6 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping
 
 import numpy as np
 from _machine import describe
@@ -39,7 +39,7 @@ from scipy import stats
 from fleetwatch.baselines import Baseline, fit_reference
 from fleetwatch.baselines.model import DAY_S
 from fleetwatch.drift.engine import CHANNELS, DriftSettings, EngineState, evaluate
-from fleetwatch.drift.scopes import cohort_masks
+from fleetwatch.drift.scopes import InventoryIndex, cohort_masks
 from fleetwatch.frames import Registry, decode_buffer
 from fleetwatch.simulate import FleetSimulator, FleetSpec, inventory_csv
 from fleetwatch.sinks import open_store
@@ -66,7 +66,7 @@ def write_windows(store: Store, simulator: FleetSimulator, n_windows: int) -> No
 def cycle(
     store: Store,
     baseline: Baseline,
-    inventory: Mapping[str, Mapping[str, str]],
+    inventory: InventoryIndex,
     settings: DriftSettings,
     ends: list[int],
     window_s: int,
@@ -165,10 +165,12 @@ def main() -> None:
     if args.quick:
         args.devices, args.windows, args.loop_devices = 5000, 4, 200
     spec = FleetSpec(n_devices=args.devices, seed=args.seed)
-    inventory = {
-        row["device"]: {k: v for k, v in row.items() if k != "device"}
-        for row in csv.DictReader(io.StringIO(inventory_csv(spec)))
-    }
+    inventory = InventoryIndex(
+        {
+            row["device"]: {k: v for k, v in row.items() if k != "device"}
+            for row in csv.DictReader(io.StringIO(inventory_csv(spec)))
+        }
+    )
     settings = DriftSettings()
     directory = tempfile.mkdtemp(prefix="fleetwatch-drift-perf-", dir="/tmp")
     try:

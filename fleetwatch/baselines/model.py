@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fleetwatch.keyindex import positions
+from fleetwatch.keyindex import KeyIndex
 
 #: The period of the daily profile fitted per device.
 DAY_S = 86_400
@@ -84,7 +84,7 @@ class Baseline:
         A known device's expectation is its own daily profile: level + a sin(w t) + b cos(w t), w = 2 pi /
         1 day (the first harmonic of its reference period); an unknown device gets the fleet level."""
         keys, profiles = self._profiles
-        index, known = positions(keys, np.asarray(devices, dtype=object).astype(str))
+        index, known = keys.positions(devices)
         fleet = np.tile([c.window_mean.mean for c in self.channels], (len(known), 1))
         if not len(keys):
             return fleet, known
@@ -93,10 +93,10 @@ class Baseline:
         return np.where(known[:, None], own, fleet), known
 
     @cached_property
-    def _profiles(self) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted device ids, their profiles shaped (devices, channels, 3)), for `levels_for`."""
-        keys = np.array(sorted(self.device_levels), dtype=str)
-        profiles = np.array([self.device_levels[k] for k in keys.tolist()], dtype=float)
+    def _profiles(self) -> tuple[KeyIndex, np.ndarray]:
+        """(the device ids, their profiles shaped (devices, channels, 3) in that order), for `levels_for`."""
+        keys = KeyIndex(self.device_levels)
+        profiles = np.array([self.device_levels[k] for k in keys.keys.tolist()], dtype=float)
         return keys, profiles.reshape(len(keys), len(self.channels), 3)
 
     def accuracy_map(self) -> np.ndarray:

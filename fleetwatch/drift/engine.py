@@ -48,7 +48,7 @@ from fleetwatch.drift.stats import (
     two_sided_p,
 )
 from fleetwatch.findings import Finding
-from fleetwatch.keyindex import contains, positions
+from fleetwatch.keyindex import KeyIndex, as_keys
 
 CHANNELS = 3
 
@@ -91,37 +91,70 @@ SEQUENTIAL = tuple(f"input_mean_{c}" for c in range(CHANNELS)) + tuple(f"input_v
 
 @dataclass(frozen=True, eq=False)
 class SumTable:
-    """The CUSUM sums of one signal: keys (device ids or cohort names) sorted, beside rows of (upper,
-    lower, run). Keys whose sums are back at (0, 0) are left out."""
+    """The CUSUM sums of every signal and stream (device ids, cohort names): the streams numbered by one
+    `KeyIndex` that all signals share, and per signal an array of rows (upper, lower, run) in that order.
+    A stream a signal has not set is at rest: (0, 0, 0)."""
 
-    keys: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))
-    rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    keys: KeyIndex = field(default_factory=KeyIndex)
+    rows: Mapping[str, np.ndarray] = field(default_factory=dict)
 
-    def get(self, keys: np.ndarray) -> np.ndarray:
-        """Rows (upper, lower, run) for `keys`, zeros for keys not in the table."""
-        index, found = positions(self.keys, keys)
-        out = np.zeros((len(found), 3))
-        out[found] = self.rows[index[found]]
+    def get(self, signal: str, keys: np.ndarray) -> CusumState:
+        """The sums of `signal` for `keys` (at rest for keys not in the table)."""
+        index, found = self.keys.positions(keys)
+        return self.at(signal, index, found)
+
+    def at(self, signal: str, index: np.ndarray, found: np.ndarray | None = None) -> CusumState:
+        """The sums of `signal` at rows `index` of `keys` (at rest where not `found`)."""
+        table = self.rows.get(signal)
+        rows = np.zeros((len(index), 3)) if table is None else table[index]
+        if found is not None:
+            rows[~found] = 0.0
+        return CusumState(rows[:, 0], rows[:, 1], rows[:, 2].astype(np.int64))
+
+    def with_keys(self, keys: np.ndarray) -> SumTable:
+        """The table with `keys` among its streams (at rest where they are new)."""
+        grown = self.keys.with_keys(keys)
+        if grown is self.keys:
+            return self
+        pad = np.zeros((len(grown) - len(self.keys), 3))
+        return SumTable(grown, {s: np.concatenate([t, pad]) for s, t in self.rows.items()})
+
+    def put(self, signal: str, keys: np.ndarray, state: CusumState) -> SumTable:
+        """A table with `signal` set to `state` for `keys` (at most one stream per key)."""
+        grown = self.with_keys(keys)
+        return grown.put_at(signal, grown.keys.positions(keys)[0], state)
+
+    def put_at(self, signal: str, index: np.ndarray, state: CusumState) -> SumTable:
+        """A table with `signal` set to `state` at rows `index` of `keys`; a stream at rest, (0, 0, run),
+        is kept as (0, 0, 0)."""
+        rows = np.column_stack([state.upper, state.lower, state.run.astype(float)])
+        table = self.rows[signal].copy() if signal in self.rows else np.zeros((len(self.keys), 3))
+        table[index] = np.where(_moving(rows)[:, None], rows, 0.0)
+        return SumTable(self.keys, {**self.rows, signal: table})
+
+    def to_json(self) -> dict[str, dict[str, list]]:
+        """Per signal, the streams not at rest: {signal: {"keys": [...], "rows": [[upper, lower, run]]}}."""
+        out = {}
+        for signal, table in self.rows.items():
+            moving = _moving(table)
+            out[signal] = {"keys": self.keys.keys[moving].tolist(), "rows": table[moving].tolist()}
         return out
 
-    def put(self, keys: np.ndarray, rows: np.ndarray) -> SumTable:
-        """A table with `keys` set to `rows` (at most one row per key)."""
-        keys = np.asarray(keys, dtype=str)
-        kept = ~contains(keys, self.keys)
-        moving = (rows[:, 0] != 0) | (rows[:, 1] != 0)
-        all_keys = np.concatenate([self.keys[kept], keys[moving]])
-        order = np.argsort(all_keys, kind="stable")
-        return SumTable(all_keys[order], np.concatenate([self.rows[kept], rows[moving]])[order])
-
-    def to_json(self) -> dict[str, list]:
-        return {"keys": self.keys.tolist(), "rows": self.rows.tolist()}
-
     @classmethod
-    def from_json(cls, data: dict) -> SumTable:
-        # state files written before the columnar form hold {key: [upper, lower, run]}
-        if "keys" not in data or "rows" not in data:
-            data = {"keys": list(data), "rows": list(data.values())}
-        return cls().put(np.array(data["keys"], dtype=str), np.array(data["rows"], dtype=float).reshape(-1, 3))
+    def from_json(cls, data: Mapping[str, dict]) -> SumTable:
+        table = cls()
+        for signal, part in data.items():
+            if not {"keys", "rows"} <= part.keys():  # written before the columnar form: {key: [upper, lower, run]}
+                part = {"keys": list(part), "rows": list(part.values())}
+            keys, rows = part["keys"], part["rows"]
+            rows = np.array(rows, dtype=float).reshape(-1, 3)
+            sums = CusumState(rows[:, 0], rows[:, 1], rows[:, 2].astype(np.int64))
+            table = table.put(signal, np.array(keys, dtype=str), sums)
+        return table
+
+
+def _moving(rows: np.ndarray) -> np.ndarray:
+    return (rows[:, 0] != 0) | (rows[:, 1] != 0)
 
 
 @dataclass(frozen=True)
@@ -129,17 +162,15 @@ class EngineState:
     """Carried from window to window: CUSUM sums by signal, the open findings, and the (signal, device)
     pairs whose snapshot test was significant in the last window ("hot")."""
 
-    cusum: Mapping[str, SumTable] = field(default_factory=dict)
+    cusum: SumTable = field(default_factory=SumTable)
     open: frozenset[tuple[str, str, str]] = frozenset()
     hot: frozenset[tuple[str, str]] = frozenset()
 
     def sums(self, signal: str, keys: np.ndarray) -> CusumState:
-        rows = self.cusum.get(signal, SumTable()).get(keys)
-        return CusumState(rows[:, 0], rows[:, 1], rows[:, 2].astype(np.int64))
+        return self.cusum.get(signal, keys)
 
     def with_sums(self, signal: str, keys: np.ndarray, state: CusumState) -> EngineState:
-        rows = np.column_stack([state.upper, state.lower, state.run.astype(float)])
-        return replace(self, cusum={**self.cusum, signal: self.cusum.get(signal, SumTable()).put(keys, rows)})
+        return replace(self, cusum=self.cusum.put(signal, keys, state))
 
     def open_keys(self, scope: str, signal: str) -> np.ndarray:
         """The keys of `scope` with an open finding of `signal`."""
@@ -150,14 +181,14 @@ class EngineState:
 
     def to_json(self) -> dict:
         return {
-            "cusum": {s: t.to_json() for s, t in self.cusum.items()},
+            "cusum": self.cusum.to_json(),
             "open": sorted(list(x) for x in self.open),
             "hot": sorted(list(x) for x in self.hot),
         }
 
     @classmethod
     def from_json(cls, data: dict) -> EngineState:
-        cusum = {s: SumTable.from_json(t) for s, t in data["cusum"].items()}
+        cusum = SumTable.from_json(data["cusum"])
         return cls(cusum, frozenset(tuple(x) for x in data["open"]), frozenset(tuple(x) for x in data.get("hot", [])))
 
 
@@ -235,11 +266,14 @@ def device_scores(window: Mapping[str, np.ndarray], baseline: Baseline, settings
     return Scores(z, p, effect, names)
 
 
+#: Severity labels by level: 0 nothing to report, 1 significant and big enough, 2 `critical_factor` times that.
+SEVERITIES = np.array(["ok", "warning", "critical"], dtype=object)
+
+
 def _severity(significant: np.ndarray, effect: np.ndarray, minimum: float, factor: float) -> np.ndarray:
     size = np.abs(np.nan_to_num(effect))
-    out = np.where(significant & (size >= minimum), "warning", "ok").astype(object)
-    out[significant & (size >= minimum * factor)] = "critical"
-    return out
+    level = np.where(significant & (size >= minimum * factor), 2, (significant & (size >= minimum)).astype(np.intp))
+    return SEVERITIES[level]
 
 
 def evaluate(
@@ -252,19 +286,27 @@ def evaluate(
     window_s: int,
 ) -> tuple[list[Finding], EngineState]:
     """Evaluate one window. `cohorts[name]` is a boolean mask over the window's rows."""
-    devices = np.asarray(window["device"], dtype=object).astype(str)
-    model_ids = np.asarray(window["model_id"]).astype(str)
+    devices = as_keys(window["device"])
+    model_ids = as_keys(window["model_id"])
+    models = sorted(set(model_ids.tolist()))
     findings: list[Finding] = []
     h = settings.h
     alarms = np.zeros(len(devices), dtype=bool)
     stouffer_z: dict[str, np.ndarray] = {}
     hot_now: set[tuple[str, str]] = set()
-    for model in sorted(set(model_ids.tolist())):
+    for model in models:
         baseline = baselines.get(int(model))
         if baseline is None:
             continue
-        rows = model_ids == model
-        sub = {k: np.asarray(v)[rows] for k, v in window.items()}
+        if len(models) == 1:
+            rows, sub = np.ones(len(devices), dtype=bool), window
+        else:
+            rows = model_ids == model
+            sub = {k: np.asarray(v)[rows] for k, v in window.items()}
+        keys = devices[rows]
+        # one look-up of the devices for every signal: rows `index` of the engine state's streams
+        state = replace(state, cusum=state.cusum.with_keys(keys))
+        index, _ = state.cusum.keys.positions(keys)
         scores = device_scores(sub, baseline, settings, at)
         for signal in scores.z:
             full = stouffer_z.setdefault(signal, np.full(len(devices), np.nan))
@@ -273,8 +315,8 @@ def evaluate(
             base = signal.rsplit("_", 1)[0] if signal in SEQUENTIAL else signal
             minimum = settings.min_effect.get(base, 0.0)
             if signal in SEQUENTIAL:
-                step = cusum_step(state.sums(signal, devices[rows]), zs, settings.cusum_delta, h)
-                state = state.with_sums(signal, devices[rows], step.state)
+                step = cusum_step(state.cusum.at(signal, index), zs, settings.cusum_delta, h)
+                state = replace(state, cusum=state.cusum.put_at(signal, index, step.state))
                 significant = step.alarm
                 effect = step.run_mean if base == "input_mean" else np.where(step.alarm, scores.effect[signal], 0.0)
                 statistic = step.statistic
@@ -285,13 +327,14 @@ def evaluate(
                 q = bh_qvalues(p)
                 effect, statistic = scores.effect[signal], zs
                 now = (np.nan_to_num(q, nan=1.0) <= settings.q_max) & (np.abs(np.nan_to_num(effect)) >= minimum)
-                before = contains(state.hot_devices(signal), devices[rows])
-                hot_now |= {(signal, d) for d in devices[rows][now].tolist()}
+                before = _among(state.cusum.keys, index, state.hot_devices(signal))
+                hot_now |= {(signal, d) for d in keys[now].tolist()}
                 significant = now & before
             severity = _severity(significant, effect, minimum, settings.critical_factor)
-            alarms[np.flatnonzero(rows)[severity != "ok"]] = True
+            flagged = severity != "ok"
+            alarms[np.flatnonzero(rows)[flagged]] = True
             findings += _device_findings(
-                devices[rows],
+                keys,
                 signal,
                 severity,
                 statistic,
@@ -303,7 +346,7 @@ def evaluate(
                 at,
                 window_s,
                 int(model),
-                state,
+                flagged | _among(state.cusum.keys, index, state.open_keys("device", signal)),
             )
     group_findings, state = _group_findings(cohorts, devices, stouffer_z, alarms, state, settings, at, window_s)
     findings += group_findings
@@ -311,6 +354,16 @@ def evaluate(
     still_open = {i for i in state.open if i not in evaluated}
     open_now = frozenset(still_open | {f.identity for f in findings if f.severity != "ok"})
     return findings, replace(state, open=open_now, hot=frozenset(hot_now))
+
+
+def _among(streams: KeyIndex, index: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Whether the streams at rows `index` are among `keys` (a few: open findings, hot devices)."""
+    if not len(keys):
+        return np.zeros(len(index), dtype=bool)
+    member = np.zeros(len(streams), dtype=bool)
+    rows, found = streams.find(keys)
+    member[rows[found]] = True
+    return member[index]
 
 
 def _device_findings(
@@ -326,11 +379,11 @@ def _device_findings(
     at: int,
     window_s: int,
     model_id: int,
-    state: EngineState,
+    reported: np.ndarray,
 ) -> list[Finding]:
-    """Findings for devices that alarm, and "ok" for devices whose open finding cleared."""
+    """Findings for the `reported` devices: those that alarm, and "ok" for those whose open finding cleared."""
     out = []
-    for i in np.flatnonzero((severity != "ok") | contains(state.open_keys("device", signal), devices)):
+    for i in np.flatnonzero(reported):
         out.append(
             Finding(
                 scope="device",

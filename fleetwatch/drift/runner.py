@@ -22,7 +22,7 @@ from fleetwatch.config import Settings
 from fleetwatch.drift.bands import MEASUREMENT as BANDS
 from fleetwatch.drift.bands import band_columns
 from fleetwatch.drift.engine import DriftSettings, EngineState, evaluate
-from fleetwatch.drift.scopes import Inventory, cohort_masks
+from fleetwatch.drift.scopes import Inventory, InventoryIndex, cohort_masks
 from fleetwatch.findings import Finding
 from fleetwatch.frames import Schema
 from fleetwatch.sinks.base import Store
@@ -45,6 +45,7 @@ class DriftRunner:
     on_findings: Callable[[list[Finding]], object] | None = None
 
     def __post_init__(self) -> None:
+        self._inventory = InventoryIndex(self.inventory) if self.inventory else None
         self.state = EngineState()
         if self.state_path is not None and self.state_path.is_file():
             self.state = EngineState.from_json(json.loads(self.state_path.read_text(encoding="utf-8")))
@@ -60,7 +61,7 @@ class DriftRunner:
             return []
         baselines = self._baselines(np.unique(window["model_id"]).tolist())
         findings, self.state = evaluate(
-            window, baselines, cohort_masks(window, self.inventory), self.state, self.settings, at, self.window_s
+            window, baselines, cohort_masks(window, self._inventory), self.state, self.settings, at, self.window_s
         )
         if write:
             self.write(findings)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fleetwatch.keyindex import KeyIndex, as_keys
+
 Inventory = Mapping[str, Mapping[str, str]]
 
 
@@ -24,21 +26,43 @@ def read_inventory(path: Path) -> dict[str, dict[str, str]]:
         return {row["device"]: {k: v for k, v in row.items() if k != "device" and v} for row in reader}
 
 
-def cohort_masks(window: Mapping[str, np.ndarray], inventory: Inventory | None) -> dict[str, np.ndarray]:
+class InventoryIndex:
+    """The inventory as arrays, for `cohort_masks`: the devices in a `KeyIndex`, and per tag every device's
+    value as a number into the tag's values (-1: the device has no value for that tag). Built once from the
+    inventory, so that a window of the whole fleet is matched by one look-up of its device ids."""
+
+    def __init__(self, inventory: Inventory) -> None:
+        self.devices = KeyIndex(inventory)
+        numbers: dict[str, dict[str, int]] = {}
+        self.codes: dict[str, np.ndarray] = {}
+        for row, device in enumerate(self.devices.keys.tolist()):
+            for tag, value in inventory[device].items():
+                known = numbers.setdefault(tag, {})
+                self.codes.setdefault(tag, np.full(len(self.devices), -1))[row] = known.setdefault(value, len(known))
+        self.values: dict[str, list[str]] = {tag: list(known) for tag, known in numbers.items()}
+
+    def masks(self, devices: np.ndarray) -> dict[str, np.ndarray]:
+        """`tag=value` -> boolean mask over `devices`, for the values that some of them have, by name."""
+        index, found = self.devices.positions(devices)
+        masks = {}
+        for tag, codes in self.codes.items():
+            rows = np.where(found, codes[index], -1)
+            for code in np.flatnonzero(np.bincount(rows + 1, minlength=len(self.values[tag]) + 1)[1:]):
+                masks[f"{tag}={self.values[tag][code]}"] = rows == code
+        return dict(sorted(masks.items()))
+
+
+def cohort_masks(
+    window: Mapping[str, np.ndarray], inventory: Inventory | InventoryIndex | None
+) -> dict[str, np.ndarray]:
     """Cohort name -> boolean mask over the window's rows; always includes "fleet"."""
-    devices = np.asarray(window["device"], dtype=object).astype(str)
+    devices = as_keys(window["device"])
     masks: dict[str, np.ndarray] = {"fleet": np.ones(len(devices), dtype=bool)}
     for tag in ("fw_version", "model_id"):
-        values = np.asarray(window[tag]).astype(str)
-        for value in np.unique(values).tolist():
+        values = as_keys(window[tag])
+        for value in sorted(set(values.tolist())):
             masks[f"{tag}={value}"] = values == value
     if inventory:
-        labels: dict[str, list[int]] = {}
-        for i, device in enumerate(devices.tolist()):
-            for tag, value in inventory.get(device, {}).items():
-                labels.setdefault(f"{tag}={value}", []).append(i)
-        for name, rows in sorted(labels.items()):
-            mask = np.zeros(len(devices), dtype=bool)
-            mask[rows] = True
-            masks[name] = mask
+        index = inventory if isinstance(inventory, InventoryIndex) else InventoryIndex(inventory)
+        masks.update(index.masks(devices))
     return masks
