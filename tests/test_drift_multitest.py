@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from fleetwatch.drift import multitest
-from fleetwatch.drift.multitest import bh_qvalues, binomial_tail, holm, stouffer
+from fleetwatch.drift.multitest import FalseDiscovery, bh_qvalues, binomial_tail, holm, stouffer
 
 SEEDS = range(10)
 
@@ -48,6 +48,20 @@ def test_bh_matches_scipy_along_any_axis(seed: int) -> None:
         assert np.isnan(qs[~valid]).all()
         if valid.any():
             np.testing.assert_allclose(qs[valid], stats.false_discovery_control(family[valid]), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_false_discovery_gives_bh_qvalues_and_rejections_without_the_order_of_the_tests(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    p = random_p(rng, (int(rng.integers(1, 3000)),))
+    q = bh_qvalues(p)
+    bh = FalseDiscovery(p)
+    assert np.array_equal(bh.q(p), q, equal_nan=True)  # the same floats, ties and NaNs included
+    some = rng.choice(len(p), size=min(len(p), 20), replace=False)
+    assert np.array_equal(bh.q(p[some]), q[some], equal_nan=True)
+    for level in (0.0, 0.01, 0.05, float(np.nanmedian(q)) if (~np.isnan(q)).any() else 0.5, 0.999):
+        assert np.array_equal(bh.rejects(level), np.nan_to_num(q, nan=1.0) <= level)
+    assert not FalseDiscovery(np.full(4, np.nan)).rejects(0.5).any()
 
 
 @pytest.mark.parametrize("seed", SEEDS)

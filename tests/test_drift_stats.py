@@ -99,6 +99,21 @@ def test_a_rows_test_does_not_depend_on_the_other_rows() -> None:
     assert alone.df[0] == together.df[0] and alone.p[0] == together.p[0]
 
 
+def test_fleet_kernels_give_each_row_what_it_gets_alone() -> None:
+    """The merge of `goodness_of_fit` and the tail of `betabinom_sf` are computed once per distinct n (or
+    (a, n)) of a fleet and spread back: every row gets, bit for bit, what it gets on its own."""
+    rng = np.random.default_rng(8)
+    probs = rng.dirichlet(np.ones(10))
+    n = rng.choice([0, 7, 40, 600, 1500], 400)
+    counts = np.array([rng.multinomial(k, probs) for k in n])
+    anomalies = rng.binomial(n, rng.uniform(0.0, 0.1, len(n)))
+    fleet, tails = goodness_of_fit(counts, probs, 1.3), betabinom_sf(anomalies, n, 0.6, 20.0)
+    for i in range(0, len(n), 7):
+        alone = goodness_of_fit(counts[i : i + 1], probs, 1.3)
+        assert [part[i] for part in fleet] == [part[0] for part in alone]
+        assert tails[i] == betabinom_sf(anomalies[i : i + 1], n[i : i + 1], 0.6, 20.0)[0]
+
+
 def test_empty_rows_are_untested_with_p_one() -> None:
     fit = goodness_of_fit(np.zeros((3, 4)), [0.25, 0.25, 0.25, 0.25])
     assert fit.p.tolist() == [1.0] * 3 and not fit.tested.any() and fit.chi2.tolist() == [0.0] * 3

@@ -37,7 +37,7 @@ import numpy as np
 from scipy import special
 
 from fleetwatch.baselines.model import Baseline
-from fleetwatch.drift.multitest import bh_qvalues, binomial_tail
+from fleetwatch.drift.multitest import FalseDiscovery, bh_qvalues, binomial_tail
 from fleetwatch.drift.sequential import CusumState, cusum_step, threshold
 from fleetwatch.drift.stats import (
     anomaly_p,
@@ -321,18 +321,21 @@ def evaluate(
                 effect = step.run_mean if base == "input_mean" else np.where(step.alarm, scores.effect[signal], 0.0)
                 statistic = step.statistic
                 p = two_sided_p(step.run_mean * np.sqrt(np.maximum(step.state.run + step.alarm * 1, 1)))
-                q = bh_qvalues(np.where(np.isnan(zs), np.nan, p))
+                bh = FalseDiscovery(np.where(np.isnan(zs), np.nan, p))
             else:
                 p = scores.p[signal]
-                q = bh_qvalues(p)
+                bh = FalseDiscovery(p)
                 effect, statistic = scores.effect[signal], zs
-                now = (np.nan_to_num(q, nan=1.0) <= settings.q_max) & (np.abs(np.nan_to_num(effect)) >= minimum)
+                now = bh.rejects(settings.q_max) & (np.abs(np.nan_to_num(effect)) >= minimum)
                 before = _among(state.cusum.keys, index, state.hot_devices(signal))
                 hot_now |= {(signal, d) for d in keys[now].tolist()}
                 significant = now & before
             severity = _severity(significant, effect, minimum, settings.critical_factor)
             flagged = severity != "ok"
             alarms[np.flatnonzero(rows)[flagged]] = True
+            reported = flagged | _among(state.cusum.keys, index, state.open_keys("device", signal))
+            q = np.full(len(keys), np.nan)
+            q[reported] = bh.q(bh.p[reported])
             findings += _device_findings(
                 keys,
                 signal,
@@ -346,7 +349,7 @@ def evaluate(
                 at,
                 window_s,
                 int(model),
-                flagged | _among(state.cusum.keys, index, state.open_keys("device", signal)),
+                reported,
             )
     group_findings, state = _group_findings(cohorts, devices, stouffer_z, alarms, state, settings, at, window_s)
     findings += group_findings
@@ -404,16 +407,13 @@ def _device_findings(
     return out
 
 
-def _stouffer(cohorts: Mapping[str, np.ndarray], z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(cohort keys, Stouffer Z = sum z / sqrt(m) over the cohort's devices with a score)."""
-    keys = np.array(list(cohorts), dtype=object)
-    if not len(keys):
-        return keys, np.zeros(0)
-    masks = np.stack([cohorts[k] for k in keys.tolist()])
+def _stouffer(masks: np.ndarray, members: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Stouffer Z = sum z / sqrt(m) over each cohort's devices with a score, m). `masks` is the (cohorts,
+    devices) membership, `members` the same as floats (made once for every signal)."""
     valid = np.isfinite(z)
     m = (masks & valid).sum(axis=1)
-    total = masks.astype(float) @ np.where(valid, z, 0.0)
-    return keys, np.where(m > 0, total / np.sqrt(np.maximum(m, 1)), np.nan)
+    total = members @ np.where(valid, z, 0.0)
+    return np.where(m > 0, total / np.sqrt(np.maximum(m, 1)), np.nan), m
 
 
 def _group_findings(
@@ -433,10 +433,10 @@ def _group_findings(
     was_open = state.open
     h = settings.h
     masks = np.stack([cohorts[k] for k in keys.tolist()])
+    members = masks.astype(float)
     out: list[Finding] = []
     for signal, zs in z.items():
-        _, combined = _stouffer(cohorts, zs)
-        m = (masks & np.isfinite(zs)).sum(axis=1)
+        combined, m = _stouffer(masks, members, zs)
         mean_z = np.where(m > 0, combined / np.sqrt(np.maximum(m, 1)), np.nan)
         if signal in SEQUENTIAL:
             step = cusum_step(state.sums(signal, keys), combined, settings.cusum_delta, h)
