@@ -58,6 +58,8 @@ DB_FILE = "fleetwatch.duckdb"
 _SQL_TYPE: dict[Kind, str] = {"integer": "BIGINT", "float": "DOUBLE", "boolean": "BOOLEAN", "string": "VARCHAR"}
 _KIND: dict[str, Kind] = {sql: kind for kind, sql in _SQL_TYPE.items()}
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
+#: Telemetry tags with a few distinct values in any window (a fleet runs a few firmware versions and models).
+FEW_VALUED_TAGS = ("fw_version", "model_id", "schema")
 _UNAVAILABLE = (duckdb.IOException, duckdb.OutOfMemoryException, duckdb.ConnectionException, duckdb.FatalException)
 
 
@@ -84,6 +86,8 @@ class EmbeddedStore:
         self._cursor_lock = threading.Lock()
         self._writer = None if read_only else self._db.cursor()
         self._tables: dict[str, _Table] = {}
+        #: (measurement, tag) -> the tag's values read so far, for the tags `_read` reads as numbers
+        self._values: dict[tuple[str, str], np.ndarray] = {}
 
     def write_frames(self, batch: FrameBatch) -> int:
         """One `telemetry` point per frame (upsert on device, schema, time); returns the number written."""
@@ -109,6 +113,28 @@ class EmbeddedStore:
         where: Mapping[str, Sequence[str]] | None = None,
     ) -> dict[str, np.ndarray]:
         """Rows with start <= time < end: time, every tag, and the fields in `columns` (all when None)."""
+        return self._read(measurement, start, end, columns, where, few=())
+
+    def read_frames(
+        self, start: int, end: int, *, schema: Schema, devices: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Telemetry of one schema as columns (`sinks.model.frame_kinds`), sorted by (device, time)."""
+        columns, where = frame_query(schema, devices)
+        table = self._read(TELEMETRY, start, end, columns, where, few=FEW_VALUED_TAGS)
+        return frames_from_table(table, schema)
+
+    def _read(
+        self,
+        measurement: str,
+        start: int,
+        end: int,
+        columns: Sequence[str] | None,
+        where: Mapping[str, Sequence[str]] | None,
+        few: Sequence[str],
+    ) -> dict[str, np.ndarray]:
+        """`read_table`; the tags in `few` (a few distinct values in any window) are read as numbers into
+        their values, and a tag that `where` fixes to one value is not read at all: a string column of a
+        100,000-row window costs DuckDB 100,000 new Python strings."""
         check_name(measurement, "measurement")
         with self._reader() as cursor:
             table = _describe(cursor, measurement)
@@ -118,33 +144,53 @@ class EmbeddedStore:
                 return {TIME: empty_column("integer"), **{name: empty_column("float") for name in wanted}}
             clauses = ['"time" >= ?', '"time" < ?']
             params: list[object] = [int(start), int(end)]
+            fixed: dict[str, str] = {}
             for tag, values in (where or {}).items():
                 allowed = [str(v) for v in values]
                 if tag in table.tags:
                     clauses.append(f'"{check_name(tag, "tag")}" IN (SELECT unnest(?::VARCHAR[]))')
                     params.append(allowed)
+                    if len(set(allowed)) == 1:
+                        fixed[tag] = allowed[0]
                 elif "" not in allowed:
                     clauses.append("false")
+            rows = f'FROM "{measurement}" WHERE {" AND ".join(clauses)}'
             selected = [TIME, *table.tags, *(name for name in wanted if name in table.kinds)]
-            sql = (
-                f'SELECT {_quoted(selected)} FROM "{measurement}" '
-                f"WHERE {' AND '.join(clauses)} ORDER BY {_quoted(sort_order(table.tags))}"
-            )
-            raw = cursor.execute(sql, params).fetchnumpy()
+            coded = [tag for tag in table.tags if tag in few and tag not in fixed]
+            # numbers into the values read before; a value not among them comes back NULL, and then the
+            # distinct values are read and the rows again, in one transaction (one snapshot of the table)
+            for fresh in (False, True):
+                if fresh:
+                    cursor.begin()
+                    distinct = cursor.execute(f"SELECT {_distinct_lists(coded)} {rows}", params).fetchone()
+                    for tag, found in zip(coded, distinct, strict=True):
+                        self._values[(measurement, tag)] = np.array(sorted(found or []), dtype=object)
+                values = {tag: self._values.get((measurement, tag), np.array([], dtype=object)) for tag in coded}
+                expressions = [
+                    f'list_position(?::VARCHAR[], "{name}") AS "{name}"' if name in values else f'"{name}"'
+                    for name in selected
+                    if name not in fixed
+                ]
+                sql = f"SELECT {', '.join(expressions)} {rows} ORDER BY {_quoted(sort_order(table.tags))}"
+                raw = cursor.execute(sql, [*(v.tolist() for v in values.values()), *params]).fetchnumpy()
+                if fresh:
+                    cursor.commit()
+                if not any(np.ma.is_masked(raw[tag]) for tag in coded):
+                    break
+        n = len(raw[TIME])
         # Tags are NOT NULL: they come back as object arrays of str already.
-        result = {name: raw[name] if name in table.tags else column(raw[name], table.kinds[name]) for name in selected}
-        n = len(result[TIME])
+        result = {}
+        for name in selected:
+            if name in fixed:
+                result[name] = np.full(n, fixed[name], dtype=object)
+            elif name in values:
+                result[name] = values[name][np.asarray(raw[name], dtype=np.int64) - 1]
+            else:
+                result[name] = raw[name] if name in table.tags else column(raw[name], table.kinds[name])
         for name in wanted:
             if name not in table.kinds:
                 result[name] = np.full(n, np.nan)
         return result
-
-    def read_frames(
-        self, start: int, end: int, *, schema: Schema, devices: Sequence[str] | None = None
-    ) -> dict[str, np.ndarray]:
-        """Telemetry of one schema as columns (`sinks.model.frame_kinds`), sorted by (device, time)."""
-        columns, where = frame_query(schema, devices)
-        return frames_from_table(self.read_table(TELEMETRY, start, end, columns=columns, where=where), schema)
 
     def ping(self) -> None:
         """Raises SinkUnavailable when the database cannot answer (closed, or its file failed)."""
@@ -271,6 +317,11 @@ def _scannable(values: np.ndarray) -> np.ndarray:
     if values.dtype != object or not np.all(np.not_equal(values, None)):
         return values
     return values.astype(str)
+
+
+def _distinct_lists(names: Sequence[str]) -> str:
+    """SQL for the distinct values of each of the columns `names` (checked plain names), as lists."""
+    return ", ".join(f'list(DISTINCT "{name}")' for name in names)
 
 
 def _quoted(names: Sequence[str]) -> str:
