@@ -73,6 +73,22 @@ def test_duplicates_within_one_batch_keep_the_last(store: EmbeddedStore) -> None
     assert got["latency_p50_ms"].tolist() == [3.0, 1.0, 4.0]
 
 
+def test_a_firmware_or_model_first_seen_after_a_read_comes_back_right(store: EmbeddedStore) -> None:
+    """read_frames reads fw_version and model_id as numbers into the values it read before: a new value
+    must make it read them again, not come back as another one."""
+    store.write_frames(contract.fleet_batch(devices=3, windows=1))
+    first = store.read_frames(0, 2**32, schema=contract.SCHEMA)
+    assert set(first["fw_version"].tolist()) == {"0.0.0"} and set(first["model_id"].tolist()) == {"0"}
+    values = {"window_start": [1_795_003_600] * 2, "window_s": [3600] * 2, "latency_p95_ms": [9, 9]}
+    rows = encode_frames(contract.SCHEMA, {**values, "fw_version": [0x01020000, 0x01030000], "model_id": [7, 8]})
+    store.write_frames(contract.decode([r.tobytes() for r in rows], ["dev-1", "dev-0"], [1_795_010_000] * 2))
+    got = store.read_frames(0, 2**32, schema=contract.SCHEMA)
+    assert got["device"].tolist() == ["dev-0", "dev-0", "dev-1", "dev-1", "dev-2"]
+    assert got["fw_version"].tolist() == ["0.0.0", "1.3.0", "0.0.0", "1.2.0", "0.0.0"]
+    assert got["model_id"].tolist() == ["0", "8", "0", "7", "0"]
+    assert store.read_table("telemetry", 0, 2**32, columns=[])["schema"].tolist() == ["1"] * 5
+
+
 def test_a_new_schema_adds_its_columns_and_reads_stay_per_schema(store: EmbeddedStore) -> None:
     extra = parse_schema(
         {
