@@ -106,9 +106,14 @@ class SumTable:
     def at(self, signal: str, index: np.ndarray, found: np.ndarray | None = None) -> CusumState:
         """The sums of `signal` at rows `index` of `keys` (at rest where not `found`)."""
         table = self.rows.get(signal)
-        rows = np.zeros((len(index), 3)) if table is None else table[index]
-        if found is not None:
-            rows[~found] = 0.0
+        if table is None:
+            rows = np.zeros((len(index), 3))
+        elif found is None and _whole(index, len(table)):
+            rows = table  # every stream in order (a fleet whose devices did not change): no gather
+        else:
+            rows = table[index]
+            if found is not None:
+                rows[~found] = 0.0
         return CusumState(rows[:, 0], rows[:, 1], rows[:, 2].astype(np.int64))
 
     def with_keys(self, keys: np.ndarray) -> SumTable:
@@ -128,8 +133,11 @@ class SumTable:
         """A table with `signal` set to `state` at rows `index` of `keys`; a stream at rest, (0, 0, run),
         is kept as (0, 0, 0)."""
         rows = np.column_stack([state.upper, state.lower, state.run.astype(float)])
+        rows[~_moving(rows)] = 0.0
+        if _whole(index, len(self.keys)):
+            return SumTable(self.keys, {**self.rows, signal: rows})
         table = self.rows[signal].copy() if signal in self.rows else np.zeros((len(self.keys), 3))
-        table[index] = np.where(_moving(rows)[:, None], rows, 0.0)
+        table[index] = rows
         return SumTable(self.keys, {**self.rows, signal: table})
 
     def to_json(self) -> dict[str, dict[str, list]]:
@@ -155,6 +163,11 @@ class SumTable:
 
 def _moving(rows: np.ndarray) -> np.ndarray:
     return (rows[:, 0] != 0) | (rows[:, 1] != 0)
+
+
+def _whole(index: np.ndarray, size: int) -> bool:
+    """Whether `index` is every row of a table of `size` rows, in order."""
+    return len(index) == size and bool((index == np.arange(size)).all())
 
 
 @dataclass(frozen=True)
@@ -194,7 +207,8 @@ class EngineState:
 
 @dataclass(frozen=True)
 class Scores:
-    """Per device and signal, for one window: z (signed evidence), p, effect, effect name."""
+    """Per device and signal, for one window: z (signed evidence), p (the snapshot signals: a sequential
+    signal's p comes from its CUSUM), effect, effect name."""
 
     z: dict[str, np.ndarray]
     p: dict[str, np.ndarray]
@@ -261,8 +275,6 @@ def device_scores(window: Mapping[str, np.ndarray], baseline: Baseline, settings
         p[signal] = np.where(mask, one_sided_p(zl), np.nan)
         delta = np.exp(np.log(np.maximum(values, 1e-3)) - gauss.mean) - 1 if relative else values - gauss.mean
         effect[signal], names[signal] = np.where(mask, delta, np.nan), "relative_increase" if relative else "points"
-    for signal in SEQUENTIAL:
-        p[signal] = two_sided_p(z[signal])
     return Scores(z, p, effect, names)
 
 
