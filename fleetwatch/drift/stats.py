@@ -179,11 +179,16 @@ def psi(counts: ArrayLike, probs: ArrayLike, eps: float = PSI_EPS) -> np.ndarray
     >>> psi([[50, 50], [90, 10]], [0.5, 0.5]).round(3).tolist()
     [0.0, 0.878]
     """
-    actual, n = _proportions(counts)
-    bins = actual.shape[-1]
-    a = (actual + eps) / (1 + bins * eps)
+    a, n = _proportions(counts)
+    bins = a.shape[-1]
+    a += eps  # in place, one array of (rows, bins) at a time: the same floats as the plain formula
+    a /= 1 + bins * eps
     e = (_normalised(probs) + eps) / (1 + bins * eps)
-    return np.where(n > 0, ((a - e) * np.log(a / e)).sum(axis=-1), np.nan)
+    log = np.divide(a, e)
+    np.log(log, out=log)
+    a -= e
+    a *= log
+    return np.where(n > 0, a.sum(axis=-1), np.nan)
 
 
 def js_distance(counts: ArrayLike, probs: ArrayLike) -> np.ndarray:
@@ -351,8 +356,10 @@ def estimated_accuracy(hist: ArrayLike, accuracy_per_bin: ArrayLike) -> Accuracy
     hist = np.asarray(hist, dtype=float)
     acc = np.asarray(accuracy_per_bin, dtype=float)
     n = hist.sum(axis=-1)
-    right = (hist * acc).sum(axis=-1)
-    spread = np.sqrt((hist * acc * (1 - acc)).sum(axis=-1))
+    weighted = hist * acc
+    right = weighted.sum(axis=-1)
+    weighted *= 1 - acc
+    spread = np.sqrt(weighted.sum(axis=-1))
     return AccuracyEstimate(_ratio(right, n), _ratio(spread, n))
 
 
