@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fleetwatch.baselines import Baseline, BaselineStore, fit_reference, fit_training
-from fleetwatch.drift.engine import DriftSettings, EngineState, evaluate
+from fleetwatch.drift.engine import DriftSettings, EngineState, SumTable, evaluate
 from fleetwatch.drift.scopes import cohort_masks, read_inventory
 from fleetwatch.drift.sequential import CusumState
 from fleetwatch.frames import Registry, decode_messages, format_fw_version
@@ -189,3 +189,28 @@ def test_state_keeps_sums_open_findings_and_hot_devices_across_a_restart() -> No
     assert back.hot_devices("memory").tolist() == ["dev-c"]
     legacy = EngineState.from_json({"cusum": {"input_var_1": {"dev-q": [0.5, 0.0, 2]}}, "open": []})
     assert legacy.sums("input_var_1", np.array(["dev-q"])).upper.tolist() == [0.5]
+
+
+def test_cusum_sums_of_devices_and_cohorts_share_one_key_index() -> None:
+    devices = np.array(["d0", "d1", "d2"], dtype=object)
+    table = SumTable().with_keys(devices)
+    index, _ = table.keys.positions(devices)
+    sums = CusumState(np.array([1.0, 0.0, 2.0]), np.array([0.0, 0.0, 0.5]), np.array([2, 7, 1]))
+    table = table.put_at("input_mean_0", index, sums)  # the window's devices are the table's first rows
+    table = table.put("input_mean_0", np.array(["fleet"]), CusumState(np.ones(1), np.zeros(1), np.ones(1, int)))
+    got = table.at("input_mean_0", index)
+    assert got.upper.tolist() == [1.0, 0.0, 2.0] and got.run.tolist() == [2, 0, 1]  # at rest: run 0
+    assert table.get("input_mean_0", np.array(["d2", "fleet", "dx"])).upper.tolist() == [2.0, 1.0, 0.0]
+    table = table.put_at(
+        "input_mean_0", np.array([2, 0]), CusumState(np.array([5.0, 6.0]), np.zeros(2), np.ones(2, int))
+    )
+    assert table.get("input_mean_0", devices).upper.tolist() == [6.0, 0.0, 5.0]
+    assert table.get("input_var_0", devices).upper.tolist() == [0.0] * 3  # a signal never set is at rest
+    back = SumTable.from_json(json.loads(json.dumps(table.to_json())))
+    assert (
+        back.to_json()
+        == table.to_json()
+        == {
+            "input_mean_0": {"keys": ["d0", "d2", "fleet"], "rows": [[6.0, 0.0, 1.0], [5.0, 0.0, 1.0], [1.0, 0.0, 1.0]]}
+        }
+    )

@@ -108,8 +108,8 @@ class SumTable:
         table = self.rows.get(signal)
         if table is None:
             rows = np.zeros((len(index), 3))
-        elif found is None and _whole(index, len(table)):
-            rows = table  # every stream in order (a fleet whose devices did not change): no gather
+        elif found is None and _leading(index):
+            rows = table[: len(index)]  # the first streams in order (a fleet whose devices did not change)
         else:
             rows = table[index]
             if found is not None:
@@ -134,10 +134,8 @@ class SumTable:
         is kept as (0, 0, 0)."""
         rows = np.column_stack([state.upper, state.lower, state.run.astype(float)])
         rows[~_moving(rows)] = 0.0
-        if _whole(index, len(self.keys)):
-            return SumTable(self.keys, {**self.rows, signal: rows})
         table = self.rows[signal].copy() if signal in self.rows else np.zeros((len(self.keys), 3))
-        table[index] = rows
+        table[slice(len(index)) if _leading(index) else index] = rows
         return SumTable(self.keys, {**self.rows, signal: table})
 
     def to_json(self) -> dict[str, dict[str, list]]:
@@ -165,9 +163,9 @@ def _moving(rows: np.ndarray) -> np.ndarray:
     return (rows[:, 0] != 0) | (rows[:, 1] != 0)
 
 
-def _whole(index: np.ndarray, size: int) -> bool:
-    """Whether `index` is every row of a table of `size` rows, in order."""
-    return len(index) == size and bool((index == np.arange(size)).all())
+def _leading(index: np.ndarray) -> bool:
+    """Whether `index` is the first rows of a table in order (then no gather or scatter is needed)."""
+    return bool((index == np.arange(len(index))).all())
 
 
 @dataclass(frozen=True)
