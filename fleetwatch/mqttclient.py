@@ -8,6 +8,9 @@ them. A persistent session is `clean_start=False` plus a session expiry in v5, `
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Sequence
+
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -15,17 +18,32 @@ from paho.mqtt.properties import Properties
 
 from fleetwatch.config import MqttConfig
 
+#: A PUBACK without reason code or properties (MQTT 3.1.1 and v5 alike) as a big-endian uint32 with the
+#: message id in the low 16 bits: type 4, remaining length 2.
+_PUBACK = 0x4002_0000
 
-def new_client(
-    config: MqttConfig, client_id: str, *, manual_ack: bool = False, persistent: bool = False
-) -> mqtt.Client:
+
+class Client(mqtt.Client):
+    """paho's client plus `ack_many`."""
+
+    def ack_many(self, mids: Sequence[int]) -> None:
+        """Acknowledge QoS 1 messages (with `manual_ack`) from any thread: one queued write of all the PUBACKs.
+
+        `ack(mid, 1)` queues one packet per message and wakes the network thread through its socket pair each
+        time; this queues their bytes back to back as a single packet the way `ack` does (paho's
+        `_packet_queue`, the path of all its sends), so the network thread wakes once and sends them in one
+        `send`.
+        """
+        if mids:
+            self._packet_queue(mqtt.PUBACK, struct.pack(f"!{len(mids)}I", *[_PUBACK | mid for mid in mids]), 0, 1)
+
+
+def new_client(config: MqttConfig, client_id: str, *, manual_ack: bool = False, persistent: bool = False) -> Client:
     """A client with the configured protocol, credentials and TLS; `persistent` keeps the broker session."""
     if config.protocol == "5":
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack
-        )
+        client = Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack)
     else:
-        client = mqtt.Client(
+        client = Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv311,
