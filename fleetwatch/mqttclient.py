@@ -12,7 +12,8 @@ import struct
 from collections.abc import Sequence
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -21,10 +22,81 @@ from fleetwatch.config import MqttConfig
 #: A PUBACK without reason code or properties (MQTT 3.1.1 and v5 alike) as a big-endian uint32 with the
 #: message id in the low 16 bits: type 4, remaining length 2.
 _PUBACK = 0x4002_0000
+#: Bytes `loop_read` asks the socket for at once.
+READ_SIZE = 1 << 16
 
 
 class Client(mqtt.Client):
-    """paho's client plus `ack_many`."""
+    """paho's client with a buffered `loop_read`, plus `ack_many`.
+
+    Both use paho 2.2's internals (`_sock_recv`, `_in_packet`, `_packet_handle`, `_packet_queue`): the
+    dependency is pinned to 2.x from 2.2, and the MQTT tests run them against mosquitto.
+    """
+
+    _read_socket: object = None
+    _read_buffer: bytearray
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """Read what the socket has (up to READ_SIZE bytes) and handle every whole packet in it.
+
+        paho's own reads one packet per network loop with three `recv` calls (type, length, rest) and a
+        `select` before each packet. Here one `recv` serves every packet it brings; the incomplete tail
+        stays buffered, and since it needs more bytes from the socket to complete, the next `select`
+        wakes for them. `max_packets` is unused (paho deprecated it).
+        """
+        if self._sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        if self._read_socket is not self._sock:  # a new connection: a buffer of its own
+            self._read_buffer = bytearray()
+            self._read_socket = self._sock
+        try:
+            data = self._sock_recv(READ_SIZE)
+        except BlockingIOError:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        except OSError as err:
+            self._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
+            return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
+        if not data:
+            return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
+        with self._msgtime_mutex:
+            self._last_bytes_received = mqtt.time_func()
+        buffer = self._read_buffer
+        buffer += data
+        pos, end = 0, len(buffer)
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        while pos + 2 <= end and not rc and self._sock is not None:
+            length, shift, start = 0, 0, pos + 1
+            while start < end and buffer[start] & 0x80:
+                length |= (buffer[start] & 0x7F) << shift
+                shift += 7
+                start += 1
+            if start - pos > 4:
+                rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+                break
+            if start == end:
+                break
+            length |= buffer[start] << shift
+            start += 1
+            if start + length > end:
+                break
+            self._in_packet = {
+                "command": buffer[pos],
+                "have_remaining": 1,
+                "remaining_count": [],
+                "remaining_mult": 1,
+                "remaining_length": length,
+                "packet": buffer[start : start + length],
+                "to_process": 0,
+                "pos": 0,
+            }
+            pos = start + length
+            try:
+                rc = self._packet_handle()
+            except MalformedPacket as exc:
+                self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+                rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        del buffer[:pos]
+        return self._loop_rc_handle(rc) if rc else rc
 
     def ack_many(self, mids: Sequence[int]) -> None:
         """Acknowledge QoS 1 messages (with `manual_ack`) from any thread: one queued write of all the PUBACKs.
