@@ -34,7 +34,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.optimize import brentq
 
 #: Siegmund's correction of the threshold for the overshoot of a normal CUSUM (b = h + 1.166).
 SIEGMUND_CORRECTION = 1.166
@@ -70,6 +69,8 @@ def threshold(arl0: float, delta: float) -> float:
     upper = 1.0
     while average_run_length(upper, delta) < arl0:
         upper *= 2
+    from scipy.optimize import brentq  # here: scipy.optimize costs 23 MB of RSS, and the daemon imports this module
+
     return float(brentq(lambda h: average_run_length(h, delta) - arl0, 0.0, upper, xtol=1e-12))
 
 
