@@ -317,7 +317,12 @@ class Pipeline:
 
 
 class _Inbox:
-    """The bounded queue of messages, taken by the worker a batch at a time."""
+    """The bounded queue of messages, taken by the worker a batch at a time.
+
+    A partial batch is due `wait` after its first message arrived, not after the worker asked: messages
+    that came while the worker was writing are taken at once (each message waits for its acknowledgement,
+    and MQTT lets only `mqtt.receive_maximum` wait).
+    """
 
     def __init__(self, maximum: int, batch_max: int) -> None:
         self._messages: list[Message] = []
@@ -327,6 +332,7 @@ class _Inbox:
         lock = threading.Lock()
         self._ready = threading.Condition(lock)
         self._room = threading.Condition(lock)
+        self._first_at = 0.0
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -337,17 +343,22 @@ class _Inbox:
             if len(self._messages) >= self._max and not self._room.wait_for(self._has_room, timeout):
                 raise queue.Full
             self._messages.append(message)
-            if len(self._messages) in (1, self._full_batch):
+            if len(self._messages) == 1:
+                self._first_at = time.monotonic()
+                self._ready.notify()
+            elif len(self._messages) == self._full_batch:
                 self._ready.notify()
 
     def take(self, wait: float) -> list[Message]:
-        """Up to `batch_max` messages: waits up to `wait` for a first one, then up to `wait` for a full batch."""
+        """Up to `batch_max` messages: waits up to `wait` for a first one, then for a full batch until the
+        first one has waited `wait`."""
         with self._ready:
             if not self._ready.wait_for(self._has_messages, wait):
                 return []
-            self._ready.wait_for(self._has_full_batch, wait)
+            self._ready.wait_for(self._has_full_batch, self._first_at + wait - time.monotonic())
             batch = self._messages[: self._batch_max]
             del self._messages[: self._batch_max]
+            self._first_at = time.monotonic()
             self._room.notify_all()
         return batch
 
