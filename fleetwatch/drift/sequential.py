@@ -69,7 +69,7 @@ def threshold(arl0: float, delta: float) -> float:
     upper = 1.0
     while average_run_length(upper, delta) < arl0:
         upper *= 2
-    from scipy.optimize import brentq  # here: scipy.optimize costs 23 MB of RSS, and the daemon imports this module
+    from scipy.optimize import brentq  # here: scipy.optimize is large in memory, and the daemon imports this module
 
     return float(brentq(lambda h: average_run_length(h, delta) - arl0, 0.0, upper, xtol=1e-12))
 

@@ -331,7 +331,7 @@ def anomaly_p(anomalies: ArrayLike, n: ArrayLike, rate: float, concentration: fl
     if rate <= 0:
         return np.where(a > 0, 0.0, 1.0)
     if np.isinf(concentration):
-        from scipy import stats  # here: importing scipy.stats costs 46 MB of RSS, and the daemon imports this module
+        from scipy import stats  # here: scipy.stats is large in memory, and the daemon imports this module
 
         tail = stats.binom.sf(a - 1, n, rate)
     else:
