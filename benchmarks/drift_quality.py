@@ -446,10 +446,11 @@ def report(
         f"{', '.join(f'{name} x{n}' for name, n in sorted(engine.signals.items())) or 'none'}; cohort and fleet "
         f"false alarms: {_groups(engine.groups)}. Bound implied by the settings: arl0_windows = "
         f"{settings.arl0_windows:,.0f} windows per device is {budget:.2f} false alarms per 1,000 device-days for "
-        f"all signals together, of which the six CUSUMs (1/12 of it each, h = {h:.2f} for devices whose level "
-        f"was fitted: `DriftSettings().device_h(baseline.score_bias_var)`, bias variance "
-        f"{baseline.score_bias_var:.5f}) take {sequential:.2f}. Cohorts: {settings.cohort_arl0_windows:,.0f} "
-        f"windows per cohort, h = {cohort_h:.2f} (`cohort_h(baseline.score_error_var)`)."
+        f"all signals together, of which the six CUSUMs (1/12 of it each: input mean h = {h:.2f} for devices whose "
+        f"level was fitted, `DriftSettings().device_h(baseline.score_bias_var)`, bias variance "
+        f"{baseline.score_bias_var:.5f}; input variance h = {settings.h:.2f}) take {sequential:.2f}. Cohorts: "
+        f"{settings.cohort_arl0_windows:,.0f} windows per cohort, input mean h = {cohort_h:.2f} "
+        f"(`cohort_h(baseline.score_error_var)`), input variance h = {settings.cohort_h(0.0):.2f}."
     )
 
     print("\n### Detection\n")

@@ -19,7 +19,8 @@ Signals and how each is decided (docs/drift.md says why):
 | `memory` | z vs baseline, one-sided up | BH q across devices |
 
 (*) sigma_within widened by the fitted profile's harmonic error, and h raised for its level's error
-(`Baseline.score_scale`, `score_bias_var`; docs/drift.md).
+(`Baseline.score_scale`, `score_bias_var`; docs/drift.md). The input_var scores are measured from the
+fleet's reference, whose error is negligible: their h is `device_h(0)`.
 
 A device finding needs significance (a CUSUM alarm, or q <= q_max) AND an effect at least the signal's
 minimum; for the snapshot tests (all but the input signals) in two consecutive windows, because real
@@ -292,7 +293,7 @@ def evaluate(
         if baseline is None:
             continue
         rows = model_ids == model
-        h = settings.device_h(baseline.score_bias_var)
+        thresholds = {"input_mean": settings.device_h(baseline.score_bias_var), "input_var": settings.device_h(0.0)}
         sub = {k: np.asarray(v)[rows] for k, v in window.items()}
         scores = device_scores(sub, baseline, settings, at)
         for signal in scores.z:
@@ -302,7 +303,7 @@ def evaluate(
             base = signal.rsplit("_", 1)[0] if signal in SEQUENTIAL else signal
             minimum = settings.min_effect.get(base, 0.0)
             if signal in SEQUENTIAL:
-                step = cusum_step(state.sums(signal, devices[rows]), zs, settings.cusum_delta, h)
+                step = cusum_step(state.sums(signal, devices[rows]), zs, settings.cusum_delta, thresholds[base])
                 state = state.with_sums(signal, devices[rows], step.state)
                 significant = step.alarm
                 effect = step.run_mean if base == "input_mean" else np.where(step.alarm, scores.effect[signal], 0.0)
@@ -335,9 +336,8 @@ def evaluate(
                 state,
             )
     used = [baselines[int(m)].score_error_var for m in set(model_ids.tolist()) if int(m) in baselines]
-    cohort_h = settings.cohort_h(max(used, default=0.0))
     group_findings, state = _group_findings(
-        cohorts, devices, stouffer_z, alarms, state, settings, cohort_h, at, window_s
+        cohorts, devices, stouffer_z, alarms, state, settings, max(used, default=0.0), at, window_s
     )
     findings += group_findings
     evaluated = {f.identity for f in findings}
@@ -403,12 +403,13 @@ def _group_findings(
     alarms: np.ndarray,
     state: EngineState,
     settings: DriftSettings,
-    h: float,
+    error_var: float,
     at: int,
     window_s: int,
 ) -> tuple[list[Finding], EngineState]:
-    """Cohort and fleet findings: pooled (Stouffer) evidence per signal (a CUSUM with threshold `h` for the
-    input signals) and device alarms vs binomial."""
+    """Cohort and fleet findings: pooled (Stouffer) evidence per signal (a CUSUM for the input signals, its
+    threshold for the fitted profiles' error `error_var` in the input-mean scores) and device alarms vs
+    binomial."""
     keys = np.array(list(cohorts), dtype=object)
     if not len(keys):
         return [], state
@@ -420,6 +421,7 @@ def _group_findings(
         m = (masks & np.isfinite(zs)).sum(axis=1)
         mean_z = np.where(m > 0, combined / np.sqrt(np.maximum(m, 1)), np.nan)
         if signal in SEQUENTIAL:
+            h = settings.cohort_h(error_var if signal.startswith("input_mean") else 0.0)
             step = cusum_step(state.sums(signal, keys), combined, settings.cohort_delta, h)
             state = state.with_sums(signal, keys, step.state)
             p = two_sided_p(combined)
