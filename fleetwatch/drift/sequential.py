@@ -54,7 +54,8 @@ def _one_sided_arl(h: float, drift: ArrayLike) -> np.ndarray:
     drift = np.asarray(drift, dtype=float)
     flat = np.abs(drift) < 1e-12
     safe = np.where(flat, 1.0, drift)
-    return np.where(flat, b * b, (np.exp(-2 * safe * b) + 2 * safe * b - 1) / (2 * safe * safe))
+    with np.errstate(over="ignore"):  # a far negative drift: the ARL is infinite, its rate 0
+        return np.where(flat, b * b, (np.exp(-2 * safe * b) + 2 * safe * b - 1) / (2 * safe * safe))
 
 
 def average_run_length(h: float, delta: float, shift: float = 0.0) -> float:
