@@ -396,7 +396,7 @@ def revision() -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
 
     dirty = git("status", "--porcelain", "--", "fleetwatch").splitlines()
-    changed = f" + uncommitted changes to {', '.join(line[3:] for line in dirty)}" if dirty else ""
+    changed = f" + uncommitted changes to {', '.join(line.split(maxsplit=1)[1] for line in dirty)}" if dirty else ""
     return f"{git('rev-parse', '--short', 'HEAD')}{changed}"
 
 

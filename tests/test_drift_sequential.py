@@ -167,6 +167,9 @@ def test_docs_quote_the_thresholds_for_fitted_levels() -> None:
     h = settings.device_h(device_v)
     quoted = [f"{h:.2f}", f"{1 / false_alarm_rate(settings.h, DELTA, device_v):,.0f}"]
     quoted += [f"{detection_delay(h, DELTA, shift):.2f}" for shift in (0.5, 1.0, 2.0)]
+    for windows in (24, 48):
+        quoted.append(f"{settings.device_h((1 / windows) / (1 + 2 / windows)):.2f}")
+        quoted.append(f"{settings.cohort_h((3 / windows) / (1 + 2 / windows)):.2f}")
     for budget in (8_760.0, 2_190.0, 730.0):
         cohort_h = DriftSettings(cohort_arl0_windows=budget).cohort_h(cohort_v)
         quoted += [f"{cohort_h:.2f}", *(f"{detection_delay(cohort_h, 2.0, z):.2f}" for z in (1.74, 2.0, 3.0))]
