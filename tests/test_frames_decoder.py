@@ -332,3 +332,13 @@ def test_the_c_routine_refuses_what_it_cannot_read_safely() -> None:
     field_over_the_crc[1] = 256
     with pytest.raises(ValueError, match="rule program is malformed"):
         routine(rows, SCHEMA.frame_len, field_over_the_crc, np.arange(2), received, codes, valid)
+
+
+def test_messages_may_be_any_bytes_like_objects(decoder: str) -> None:
+    frame = encode_frames(SCHEMA, {"window_start": [RECEIVED], "window_s": [60]})[0].tobytes()
+    messages = [frame, bytearray(frame), memoryview(frame + frame), b""]
+    result = decode_messages(messages, ["d"] * 4, [RECEIVED] * 4, REGISTRY)
+    assert result.batches[1].message.tolist() == [0, 1, 2, 2]
+    assert [(r.message, r.reason) for r in result.rejects] == [(3, "truncated")]
+    with pytest.raises(TypeError):
+        decode_messages([frame, 3], ["d"] * 2, [RECEIVED] * 2, REGISTRY)
