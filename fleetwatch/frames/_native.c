@@ -211,8 +211,8 @@ static int term_values(const int64_t *term, const uint8_t *rows, Py_ssize_t row_
 
 /* The rows still pending (they keep every rule so far) that break this rule get its code and are no longer
  * pending. The comparisons fill keep[] first, so that the byte-wise update vectorises. */
-VECTOR_CLONES static void apply_rule(const int64_t *rule, uint8_t code, const uint8_t *rows, Py_ssize_t row_len, int n,
-                       const int64_t *received, uint8_t *pending, uint8_t *codes) {
+VECTOR_CLONES static void apply_rule(const int64_t *rule, uint8_t code, const uint8_t *rows, Py_ssize_t row_len,
+                                     int n, const int64_t *received, uint8_t *pending, uint8_t *codes) {
     int64_t li[BLOCK], ri[BLOCK], op = rule[0];
     double lf[BLOCK], rf[BLOCK];
     uint8_t keep[BLOCK];
@@ -236,7 +236,7 @@ VECTOR_CLONES static void apply_rule(const int64_t *rule, uint8_t code, const ui
 
 /* The codes of the n <= BLOCK rows from `rows`; received[i] is row i's receive time. */
 VECTOR_CLONES static void block_codes(const uint8_t *rows, Py_ssize_t row_len, int n, const int64_t *program,
-                        const int64_t *received, uint8_t *codes) {
+                                      const int64_t *received, uint8_t *codes) {
     Py_ssize_t data_len = row_len - 2;
     int64_t entry[BLOCK];
     uint8_t pending[BLOCK];

@@ -135,6 +135,7 @@ def reason_codes(
         return _codes_numpy(rows, msg, received, compiled)
     codes = np.empty(len(rows), dtype=np.uint8)
     valid = np.empty(256, dtype=np.int64)
+    msg, received = np.ascontiguousarray(msg, dtype=np.int64), np.ascontiguousarray(received, dtype=np.int64)
     native.routines.reason_codes(rows, rows.shape[1], compiled.table, msg, received, codes, valid)
     return codes, valid
 
