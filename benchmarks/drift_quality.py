@@ -396,7 +396,7 @@ def revision() -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
 
     dirty = git("status", "--porcelain", "--", "fleetwatch").splitlines()
-    changed = f" + uncommitted changes to {', '.join(line[3:] for line in dirty)}" if dirty else ""
+    changed = f" + uncommitted changes to {', '.join(line.split(maxsplit=1)[1] for line in dirty)}" if dirty else ""
     return f"{git('rev-parse', '--short', 'HEAD')}{changed}"
 
 
@@ -420,10 +420,14 @@ def report(
     results: Mapping[str, Mapping[str, Detection]],
     engine_devices: np.ndarray,
     settings: DriftSettings,
-    ratio: float,
+    baseline: Baseline,
+    sigma: float,
     site_size: int,
 ) -> None:
-    """The markdown tables: false alarms on the control run, detection per scenario, delays vs Siegmund."""
+    """The markdown tables: false alarms on the control run, detection per scenario, delays vs Siegmund;
+    `sigma` is the simulator's 1 sigma of channel 0."""
+    h = settings.device_h(baseline.score_bias_var)
+    cohort_h = settings.cohort_h(baseline.score_error_var)
     control = results[plan[0].name]
     print("\n### False alarms on the control run (no change)\n")
     table(
@@ -442,7 +446,11 @@ def report(
         f"{', '.join(f'{name} x{n}' for name, n in sorted(engine.signals.items())) or 'none'}; cohort and fleet "
         f"false alarms: {_groups(engine.groups)}. Bound implied by the settings: arl0_windows = "
         f"{settings.arl0_windows:,.0f} windows per device is {budget:.2f} false alarms per 1,000 device-days for "
-        f"all signals together, of which the six CUSUMs (1/12 of it each, h = {settings.h:.2f}) take {sequential:.2f}."
+        f"all signals together, of which the six CUSUMs (1/12 of it each: input mean h = {h:.2f} for devices whose "
+        f"level was fitted, `DriftSettings().device_h(baseline.score_bias_var)`, bias variance "
+        f"{baseline.score_bias_var:.5f}; input variance h = {settings.h:.2f}) take {sequential:.2f}. Cohorts: "
+        f"{settings.cohort_arl0_windows:,.0f} windows per cohort, input mean h = {cohort_h:.2f} "
+        f"(`cohort_h(baseline.score_error_var)`), input variance h = {settings.cohort_h(0.0):.2f}."
     )
 
     print("\n### Detection\n")
@@ -471,6 +479,7 @@ def report(
     shift = plan[1]
     delays = results[shift.name][ENGINE].delays
     h0 = threshold(24_000, 1.0)
+    ratio = sigma / (baseline.channels[0].sigma_within * baseline.score_scale)
     per_window = cohort.change.target.count * cohort.change.value * ratio / np.sqrt(site_size)
     print("\n### Delay against Siegmund's approximation\n")
     table(
@@ -481,22 +490,23 @@ def report(
                 f"{detection_delay(h0, 1, 1):.1f}",
             ],
             [
-                f"the engine's h = `DriftSettings().h` = {settings.h:.2f} (two-sided ARL0 "
-                f"{average_run_length(settings.h, settings.cusum_delta):,.0f} windows), a 1 sigma shift",
-                f"{detection_delay(settings.h, settings.cusum_delta, 1.0):.1f}",
+                f"the engine's h = `DriftSettings().device_h(baseline.score_bias_var)` = {h:.2f} (two-sided ARL0 "
+                f"{average_run_length(h, settings.cusum_delta):,.0f} windows for a known level), a 1 sigma shift",
+                f"{detection_delay(h, settings.cusum_delta, 1.0):.1f}",
             ],
             [
-                f"the engine's h; the simulator's 1 sigma is {ratio:.3f} fitted sigma_within",
-                f"{detection_delay(settings.h, settings.cusum_delta, ratio):.1f}",
+                f"the engine's h; the simulator's 1 sigma is {ratio:.3f} sd of the engine's scores",
+                f"{detection_delay(h, settings.cusum_delta, ratio):.1f}",
             ],
             [
                 f"measured ({shift.name}): median (mean) delay of the {int(np.isfinite(delays).sum())} found",
                 f"{fmt(np.nanmedian(delays), '.0f')} ({fmt(np.nanmean(delays), '.1f')})",
             ],
             [
-                f"cohort scenario, the site's Stouffer CUSUM at the engine's h: Z = {per_window:.2f} per window "
-                f"(mean z {per_window / np.sqrt(site_size):.3f} < cohort_min_effect {settings.cohort_min_effect})",
-                f"{detection_delay(settings.h, settings.cusum_delta, per_window):.1f}",
+                f"cohort scenario, the site's Stouffer CUSUM (h = {cohort_h:.2f}, delta {settings.cohort_delta:g}): "
+                f"Z = {per_window:.2f} per window (mean z {per_window / np.sqrt(site_size):.3f}, "
+                f"cohort_min_shift {settings.cohort_min_shift})",
+                f"{detection_delay(cohort_h, settings.cohort_delta, per_window):.1f}",
             ],
         ],
     )
@@ -585,8 +595,7 @@ def main() -> None:
         print(f"<!-- {scenario.name}: {len(alerts)} non-ok findings, evaluate {took:.1f} s -->")
     evidently_line = run_evidently(jobs, results) if jobs else "Evidently skipped (--evidently-devices 0)."
     site_size = int((sites == COHORT_SITE).sum())
-    ratio = spec.sigma(0) / baseline.channels[0].sigma_within
-    report(plan, results, engine_devices, settings, ratio, site_size)
+    report(plan, results, engine_devices, settings, baseline, spec.sigma(0), site_size)
     print(f"\n{evidently_line}")
     print(
         f"Engine: {engine_seconds:.1f} s of `evaluate` for {len(plan) * eval_w} windows of {args.devices} devices "

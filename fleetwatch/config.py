@@ -227,6 +227,9 @@ class DriftConfig(Section):
         24_000, gt=1, description="CUSUM false-alarm budget: expected windows between false alarms of one device."
     )
     cusum_delta: float = Field(1.0, gt=0, description="CUSUM tuned to detect a shift of this many sigma.")
+    cohort_arl0_windows: float = Field(
+        8_760, gt=1, description="A cohort's own false-alarm budget: expected windows between its false alarms."
+    )
     min_inferences: int = Field(30, ge=1, description="Windows with fewer inferences are not tested on counts.")
     enabled: bool = Field(True, description="Run scheduled drift checks in the daemon.")
 

@@ -7,6 +7,10 @@ then, an HTTP route answers then; so a crash at any point loses nothing a sender
 Backpressure: the queue is bounded. When it is full, `submit` blocks, which stops the MQTT network
 thread from reading its socket (the broker holds the rest) and makes HTTP requests wait.
 
+Wakeups: a source's thread wakes the worker only for the first message of a batch and for a full batch,
+and MQTT acknowledges a batch with one write (`Message.ack_to`): the network thread and the worker share
+the interpreter lock, so a wakeup or an acknowledgement per message costs the network thread time.
+
 Order: while anything is spooled, new frames go to the spool behind it, and the spool replays oldest
 first, so the store sees frames in the order they arrived.
 """
@@ -21,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from prometheus_client import Counter
 
 from fleetwatch.frames import FrameBatch, Registry, decode_messages
 from fleetwatch.metrics import Metrics
@@ -35,15 +40,33 @@ class SpoolFull(Exception):
     """The spool is at its cap and the pipeline is stopping: the batch was not made durable or acknowledged."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
-    """One transport message (one or several frames back to back) and where it came from."""
+    """One transport message (one or several frames back to back) and where it came from.
+
+    Once it is durable, `on_durable()` runs, and `ack_to` gets its `ack_id` in one call with those of the
+    other messages of the batch that have the same `ack_to` (see `acknowledge`).
+    """
 
     payload: bytes
     device: str
     received: int
     transport: str
     on_durable: Callable[[], None] | None = None
+    ack_to: Callable[[list[int]], None] | None = None
+    ack_id: int = 0
+
+
+def acknowledge(messages: Iterable[Message]) -> None:
+    """Tell the sources that `messages` are durable: each one's `on_durable`, one `ack_to` call per source."""
+    ids: dict[Callable[[list[int]], None], list[int]] = {}
+    for message in messages:
+        if message.on_durable is not None:
+            message.on_durable()
+        if message.ack_to is not None:
+            ids.setdefault(message.ack_to, []).append(message.ack_id)
+    for ack_to, batch in ids.items():
+        ack_to(batch)
 
 
 @dataclass
@@ -87,21 +110,24 @@ class Pipeline:
         self.quarantine = quarantine
         self.spool = spool
         self.metrics = metrics
-        self._queue: queue.Queue[Message] = queue.Queue(maxsize=queue_max)
-        self._batch_max = batch_max
+        self._inbox = _Inbox(queue_max, batch_max)
+        self._received: dict[str, Counter] = {}
         self._batch_wait = batch_wait_s
         self._replay_interval = replay_interval_s
         self._spool_max = spool_max_bytes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.metrics.spool_bytes.set(spool.pending_bytes())
+        self.metrics.queue_depth.set_function(self._inbox.__len__)
 
     # -- sources call these -------------------------------------------------------------------
     def submit(self, message: Message, timeout: float | None = None) -> None:
         """Queue a message; blocks while the queue is full (raises queue.Full after `timeout`)."""
-        self.metrics.messages_received.labels(message.transport).inc()
-        self._queue.put(message, timeout=timeout)
-        self.metrics.queue_depth.set(self._queue.qsize())
+        received = self._received.get(message.transport)
+        if received is None:
+            received = self._received[message.transport] = self.metrics.messages_received.labels(message.transport)
+        received.inc()
+        self._inbox.put(message, timeout)
 
     def start(self) -> None:
         self._stop.clear()
@@ -134,9 +160,7 @@ class Pipeline:
         for schema_id, batch in sorted(result.batches.items()):
             self.metrics.frames_decoded.labels(str(schema_id)).inc(len(batch))
             self._store_or_spool(batch, transports, report)
-        for message in messages:
-            if message.on_durable is not None:
-                message.on_durable()
+        acknowledge(messages)
         return report
 
     def replay_spool(self) -> int:
@@ -264,7 +288,7 @@ class Pipeline:
     def _run(self) -> None:
         next_replay = 0.0
         while True:
-            batch = self._gather()
+            batch = self._inbox.take(self._batch_wait)
             if batch:
                 self._process_safely(batch)
             elif self._stop.is_set():
@@ -272,22 +296,6 @@ class Pipeline:
             if not self.spool.is_empty() and time.monotonic() >= next_replay:
                 self._replay_safely()
                 next_replay = time.monotonic() + self._replay_interval
-
-    def _gather(self) -> list[Message]:
-        try:
-            first = self._queue.get(timeout=self._batch_wait)
-        except queue.Empty:
-            return []
-        batch = [first]
-        deadline = time.monotonic() + self._batch_wait
-        while len(batch) < self._batch_max:
-            remaining = deadline - time.monotonic()
-            try:
-                batch.append(self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait())
-            except queue.Empty:
-                break
-        self.metrics.queue_depth.set(self._queue.qsize())
-        return batch
 
     def _process_safely(self, batch: list[Message]) -> None:
         try:
@@ -299,15 +307,69 @@ class Pipeline:
             reason = f"internal_error:{type(exc).__name__}"
             self.quarantine.add_raw((m.received, m.device, m.transport, reason, 0, m.payload) for m in batch)
             self.metrics.frames_quarantined.labels("internal_error").inc(len(batch))
-            for message in batch:
-                if message.on_durable is not None:
-                    message.on_durable()
+            acknowledge(batch)
 
     def _replay_safely(self) -> None:
         try:
             self.replay_spool()
         except Exception:
             log.exception("spool replay failed; will retry")
+
+
+class _Inbox:
+    """The bounded queue of messages, taken by the worker a batch at a time.
+
+    A partial batch is due `wait` after its first message arrived, not after the worker asked: messages
+    that came while the worker was writing are taken at once (each message waits for its acknowledgement,
+    and MQTT lets only `mqtt.receive_maximum` wait).
+    """
+
+    def __init__(self, maximum: int, batch_max: int) -> None:
+        self._messages: list[Message] = []
+        self._max = maximum
+        self._batch_max = batch_max
+        self._full_batch = min(batch_max, maximum)
+        lock = threading.Lock()
+        self._ready = threading.Condition(lock)
+        self._room = threading.Condition(lock)
+        self._first_at = 0.0
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def put(self, message: Message, timeout: float | None) -> None:
+        """Append `message`, waiting while the queue is full (queue.Full after `timeout`)."""
+        with self._room:
+            if len(self._messages) >= self._max and not self._room.wait_for(self._has_room, timeout):
+                raise queue.Full
+            self._messages.append(message)
+            if len(self._messages) == 1:
+                self._first_at = time.monotonic()
+                self._ready.notify()
+            elif len(self._messages) == self._full_batch:
+                self._ready.notify()
+
+    def take(self, wait: float) -> list[Message]:
+        """Up to `batch_max` messages: waits up to `wait` for a first one, then for a full batch until the
+        first one has waited `wait`."""
+        with self._ready:
+            if not self._ready.wait_for(self._has_messages, wait):
+                return []
+            self._ready.wait_for(self._has_full_batch, self._first_at + wait - time.monotonic())
+            batch = self._messages[: self._batch_max]
+            del self._messages[: self._batch_max]
+            self._first_at = time.monotonic()
+            self._room.notify_all()
+        return batch
+
+    def _has_room(self) -> bool:
+        return len(self._messages) < self._max
+
+    def _has_messages(self) -> bool:
+        return bool(self._messages)
+
+    def _has_full_batch(self) -> bool:
+        return len(self._messages) >= self._full_batch
 
 
 def ingest_all(

@@ -1,4 +1,5 @@
-"""Fixtures that start real servers (mosquitto, influxd) on loopback ports in throw-away directories.
+"""Fixtures that start real servers (mosquitto, influxd) on loopback ports in throw-away directories, and
+one that runs a test on each implementation of the frame decoder (C routines, numpy fallback).
 
 When a server cannot be started the test fails with the reason (what to install, or the server's log);
 it is never skipped.
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetwatch.frames import native
 from fleetwatch.localservers import Influxd, LocalServer, Mosquitto, ServerError
 from fleetwatch.sinks.influx_setup import setup_v1
 
@@ -30,6 +32,17 @@ def _started(server_type: type[LocalServer]) -> Iterator[LocalServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(params=["c", "numpy"])
+def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test runs twice: with the decoder's C routines, then with them switched off (the numpy and
+    binascii fallback a build without a C compiler uses). Returns "c" or "numpy"."""
+    if request.param == "c":
+        assert native.routines is not None, "fleetwatch.frames._native is not built: python3 setup.py build_ext -i"
+    else:
+        monkeypatch.setattr(native, "routines", None)
+    return request.param
 
 
 @pytest.fixture

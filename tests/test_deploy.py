@@ -36,7 +36,7 @@ from cryptography.x509.oid import NameOID
 from fleetwatch.config import MqttConfig, load_config
 from fleetwatch.localservers import HOST, Mosquitto, ServerError, find_binary, free_port
 from fleetwatch.mqttclient import connect, new_client
-from fleetwatch.pipeline import Message
+from fleetwatch.pipeline import Message, acknowledge
 from fleetwatch.sources.mqtt import MqttSource
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,8 +205,7 @@ def test_the_broker_holds_devices_to_their_own_topics(broker: DeployedMosquitto,
 
     def submit(message: Message) -> None:
         received.append(message)
-        if message.on_durable is not None:
-            message.on_durable()
+        acknowledge([message])
 
     daemon = MqttConfig(
         url=broker.url, username="fleetwatch", password="fw-secret", shared_group="fleetwatch", topic=f"fleet/+/{data}"

@@ -125,6 +125,31 @@ def test_baseline_roundtrip_and_training_fit(tmp_path: Path) -> None:
     assert store.latest(7) == baseline and store.get("model-7-v1") == baseline
 
 
+def test_reference_fit_reports_the_error_of_the_device_profiles(tmp_path: Path) -> None:
+    """level_variance and cycle_variance are the means over the devices of their fit's (X'X)^-1 entries,
+    checked against a per-device reference built with numpy's least squares (the covariance of the
+    coefficients of unit-variance noise); both survive a save and load, and old files read as 0."""
+    telemetry = simulate(FleetSpec(n_devices=12, seed=4, idle_probability=0.2), [], n_windows=60)
+    ref = flat(telemetry, np.ones(len(telemetry.device), dtype=bool))
+    baseline = fit_reference(ref, model_id=1, version="model-1-v1", fitted_at=0, time_range=(0, 1))
+    level, cycle = [], []
+    for device in np.unique(ref["device"]):
+        rows = (ref["device"] == device) & (ref["inference_count"] > 0)
+        phase = 2 * np.pi * ((ref["time"][rows] + 1800) % 86_400) / 86_400
+        x = np.stack([np.ones(rows.sum()), np.sin(phase), np.cos(phase)], axis=1)
+        cov = np.linalg.pinv(x.T @ x)
+        level.append(cov[0, 0])
+        cycle.append((cov[1, 1] + cov[2, 2]) / 2)
+    assert baseline.level_variance == pytest.approx(np.mean(level), rel=1e-9)
+    assert baseline.cycle_variance == pytest.approx(np.mean(cycle), rel=1e-9)
+    assert baseline.score_bias_var == pytest.approx(np.mean(level) / (1 + np.mean(cycle)), rel=1e-9)
+    store = BaselineStore(tmp_path)
+    store.save(baseline)
+    assert store.get("model-1-v1") == baseline
+    old = {k: v for k, v in baseline.to_json().items() if k not in ("level_variance", "cycle_variance")}
+    assert Baseline.from_json(old).score_bias_var == 0.0 and Baseline.from_json(old).score_scale == 1.0
+
+
 def test_inventory_needs_a_device_column(tmp_path: Path) -> None:
     path = tmp_path / "inv.csv"
     path.write_text("id,site\na,north\n")

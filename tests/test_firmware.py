@@ -310,3 +310,7 @@ def test_footprint_within_targets() -> None:
     assert flash == sum(int(text) + int(data) for text, data, _, _ in objects)
     assert flash <= 2048, f"aggregator + packer take {flash} bytes of flash (target 2048)"
     assert state <= 512, f"aggregator state is {state} bytes (target 512)"
+    snippet = re.search(r"snippet packer fw_snippet\.o .*: text (\d+), data (\d+), bss (\d+), flash (\d+) bytes", out)
+    assert snippet, "the snippet packer has its own footprint line"
+    text, data, bss, snippet_flash = (int(g) for g in snippet.groups())
+    assert bss == 0 and data == 0 and snippet_flash == text > 0

@@ -1,4 +1,5 @@
-"""The shared golden vectors (encoded independently of this project) decode exactly, by API and by CLI."""
+"""The shared golden vectors (encoded independently of this project) decode exactly, by API and by CLI;
+through the API with the C routines and with the numpy fallback (the `decoder` fixture)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def _reported(message: bytes, registry: Registry) -> list[dict]:
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["id"] for v in VECTORS])
-def test_golden_vector_decodes_exactly(vector: dict) -> None:
+def test_golden_vector_decodes_exactly(decoder: str, vector: dict) -> None:
     assert _reported(bytes.fromhex(vector["hex"]), Registry.builtin()) == vector["expect"]
 
 
@@ -46,7 +47,7 @@ def test_golden_vectors_cover_every_kind_of_outcome() -> None:
     assert {"ok", "bad_crc", "trailing_bytes", "invariant:conf_hist_sum"} <= outcomes
 
 
-def test_all_golden_messages_in_one_batch_decode_as_separately() -> None:
+def test_all_golden_messages_in_one_batch_decode_as_separately(decoder: str) -> None:
     registry = Registry.builtin()
     messages = [bytes.fromhex(v["hex"]) for v in VECTORS]
     together = decode_messages(messages, ["g"] * len(messages), [RECEIVED] * len(messages), registry)
@@ -115,7 +116,7 @@ def test_cli_decode_unreadable_input_exits_non_zero(tmp_path: Path) -> None:
     assert bad_hex.returncode != 0 and "not a hex string" in bad_hex.stderr
 
 
-def test_time_in_future_uses_the_receive_time() -> None:
+def test_time_in_future_uses_the_receive_time(decoder: str) -> None:
     registry = Registry.builtin()
     message = bytes.fromhex(VECTORS[0]["hex"])
     window_start = VECTORS[0]["expect"][0]["ok"]["window_start"]

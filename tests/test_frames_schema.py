@@ -60,7 +60,7 @@ def test_schema_1_matches_the_wire_format() -> None:
     assert schema.by_role("confidence_histogram").bin_edges == tuple(round(0.1 * i, 1) for i in range(11))
 
 
-def test_user_schema_directory_adds_a_schema_that_decodes(tmp_path: Path) -> None:
+def test_user_schema_directory_adds_a_schema_that_decodes(decoder: str, tmp_path: Path) -> None:
     (tmp_path / "vibration.toml").write_text(VIBRATION)
     registry = Registry.with_dirs([tmp_path])
     schema = registry.get(7)
@@ -91,6 +91,10 @@ def test_user_schema_directory_adds_a_schema_that_decodes(tmp_path: Path) -> Non
         (('name = "peak"', 'name = "seq"'), "clash with the envelope"),
         (('check = "events <= 100"', 'check = "nope <= 100"'), "'nope' is neither an integer nor a field"),
         (('check = "events <= 100"', 'check = "events ~ 100"'), "invariants[0].check"),
+        (('check = "events <= 100"', 'check = "rms <= 100"'), "'rms' is an array of 3 values; compare sum(rms)"),
+        (('check = "events <= 100"', 'check = "sum(peak) <= 100"'), "sums an f32 field"),
+        (('check = "events <= 100"', 'check = "1 <= 100"'), "compares two integers"),
+        (('check = "events <= 100"', f'check = "events <= {2**53 + 1}"'), "is beyond ±2**53"),
         (('role = "counter"', 'role = "banana"'), "fields[2].role: must be one of"),
     ],
 )
@@ -106,6 +110,14 @@ def test_duplicate_schema_id_is_refused(tmp_path: Path) -> None:
     (tmp_path / "dup.toml").write_text(VIBRATION.replace("id = 7", "id = 1"))
     with pytest.raises(SchemaError, match="schema id 1 is already taken by 'tinyml-health'"):
         Registry.with_dirs([tmp_path])
+
+
+def test_a_schema_has_at_most_240_invariants() -> None:
+    fields = [{"name": "n", "type": "u8"}]
+    invariants = [{"name": f"rule_{k}", "check": f"n != {k}"} for k in range(241)]
+    with pytest.raises(SchemaError, match="241 invariants; a schema may have 240 at most"):
+        parse_schema({"id": 9, "name": "x", "fields": fields, "invariants": invariants})
+    assert len(parse_schema({"id": 9, "name": "x", "fields": fields, "invariants": invariants[:240]}).invariants) == 240
 
 
 def test_a_confidence_histogram_needs_bin_edges() -> None:

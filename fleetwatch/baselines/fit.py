@@ -9,7 +9,10 @@ calibration map (accuracy per confidence bin) for label-free accuracy estimation
 From a reference period (what the deployed fleet looked like while it was healthy): each device's own
 daily profile per channel (level plus the first harmonic of a day, least squares), `sigma_within` = the
 pooled standard deviation of window means around each device's own profile, the anomaly rate with its
-overdispersion, latency (log scale), memory and reboots.
+overdispersion, latency (log scale), memory and reboots. The profiles' own estimation error, averaged over
+the devices from each fit's (X'X)^-1 in units of sigma_within^2: `level_variance` (the level's, a bias that
+stays in every later score of the device) and `cycle_variance` (the harmonic's at a uniformly random time
+of day, a bias that averages out over a day); docs/drift.md says how the engine accounts for both.
 Idle windows (inference_count == 0) carry no input statistics and are left out of the input fits.
 """
 
@@ -127,6 +130,7 @@ def fit_reference(
     np.add.at(gram, index[active], design[:, :, None] * design[:, None, :])
     solvable = trusted & (np.abs(np.linalg.det(gram)) > 1e-9)
     profiles = np.zeros((len(ids), n_channels, 3))
+    inverse = np.linalg.inv(gram[solvable]) if solvable.any() else np.zeros((0, 3, 3))
     for c in range(n_channels):
         mean = np.asarray(columns[f"input_mean_{c}"], dtype=float)
         log_var = np.log(np.maximum(np.asarray(columns[f"input_var_{c}"], dtype=float), _LOG_FLOOR))
@@ -178,6 +182,8 @@ def fit_reference(
         confidence_dispersion=_dispersion(conf_rows, hist),
         class_dispersion=_dispersion(classes[active], classes.sum(axis=0)),
         device_levels={str(d): tuple(profiles[i].ravel().tolist()) for i, d in enumerate(ids) if solvable[i]},
+        level_variance=float(inverse[:, 0, 0].mean()) if len(inverse) else 0.0,
+        cycle_variance=float((inverse[:, 1, 1] + inverse[:, 2, 2]).mean() / 2) if len(inverse) else 0.0,
         cohort=cohort,
     )
 

@@ -8,6 +8,8 @@ variances) per channel, i.e. of exactly what devices send. `sigma_within` is the
 device's window means around its own level; `device_levels` (reference fits only) lets a device that is
 mounted differently be compared with itself, not with the fleet: each device's daily profile (level plus
 the first harmonic of a day) is fitted on the reference period, so a daily cycle is not taken for drift.
+`level_variance` and `cycle_variance` are that fit's own error (mean over the devices, in units of
+sigma_within^2), which the engine's scores and CUSUM thresholds account for.
 """
 
 from __future__ import annotations
@@ -77,6 +79,27 @@ class Baseline:
     class_dispersion: float = 1.0
     device_levels: dict[str, tuple[float, ...]] = field(default_factory=dict)
     cohort: str = ""
+    level_variance: float = 0.0
+    cycle_variance: float = 0.0
+
+    @property
+    def score_scale(self) -> float:
+        """sd of a known device's window mean around its fitted profile, in units of sigma_within: the
+        harmonic's estimation error counts as window-to-window noise (it averages out over a day)."""
+        return float(np.sqrt(1.0 + self.cycle_variance))
+
+    @property
+    def score_bias_var(self) -> float:
+        """Variance, across devices, of the persistent bias the fitted level leaves in a known device's
+        standardised input-mean score (0 for a training baseline, which has no device levels)."""
+        return self.level_variance / (1.0 + self.cycle_variance)
+
+    @property
+    def score_error_var(self) -> float:
+        """Variance of the whole error the fitted profile leaves in a known device's standardised score at a
+        random time of day (level and harmonic): the bias seen by a detector whose runs are much shorter
+        than a day."""
+        return (self.level_variance + self.cycle_variance) / (1.0 + self.cycle_variance)
 
     def levels_for(self, devices: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
         """(expected window means (n, channels), known (n,)) at time t (Unix s, window middle).

@@ -9,7 +9,7 @@ Signals and how each is decided (docs/drift.md says why):
 
 | signal | per device | control |
 |---|---|---|
-| `input_mean_<c>` | z = (window mean - own level) / sigma_within; two-sided CUSUM | ARL0 budget |
+| `input_mean_<c>` | z = (window mean - own profile) / sigma_within (*); two-sided CUSUM | ARL0 budget (*) |
 | `input_var_<c>` | z = (log window variance - baseline) / sd; two-sided CUSUM | ARL0 budget |
 | `confidence` | G-test of the confidence histogram vs baseline, / dispersion; PSI | BH q across devices |
 | `class_prior` | G-test of class counts vs baseline priors, / dispersion; PSI | BH q across devices |
@@ -18,20 +18,25 @@ Signals and how each is decided (docs/drift.md says why):
 | `latency_p95` | z vs baseline, one-sided up | BH q across devices |
 | `memory` | z vs baseline, one-sided up | BH q across devices |
 
+(*) sigma_within widened by the fitted profile's harmonic error, and h raised for its level's error
+(`Baseline.score_scale`, `score_bias_var`; docs/drift.md). The input_var scores are measured from the
+fleet's reference, whose error is negligible: their h is `device_h(0)`.
+
 A device finding needs significance (a CUSUM alarm, or q <= q_max) AND an effect at least the signal's
 minimum; for the snapshot tests (all but the input signals) in two consecutive windows, because real
 faults persist and the heavy tails of field counts produce single-window excursions.
 
 Cohorts (inventory tags, fw_version, model_id) and the fleet get two kinds of evidence: the
-Stouffer combination of their devices' window scores (a CUSUM on it for the input signals, BH across
-cohorts for the others), which pools shifts no single device can show, and the number of devices in
-alarm against a binomial bound.
+Stouffer combination of their devices' window scores (a CUSUM on it for the input signals, with a
+false-alarm budget per cohort of its own, `cohort_arl0_windows`; BH across cohorts for the others), which
+pools shifts no single device can show, and the number of devices in alarm against a binomial bound.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 import numpy as np
 from scipy import special
@@ -80,10 +85,35 @@ class DriftSettings:
     #: snapshot tests (BH-controlled, with minimum effects) use what is left.
     sequential_share: float = 1 / 12
 
+    #: A cohort's own budget (expected windows between its false alarms, all signals; hourly: one per
+    #: cohort-year), shared among its signals as the device budget is.
+    cohort_arl0_windows: float = 8_760.0
+    #: The cohort CUSUM runs on the Stouffer Z and is tuned to 2 units of Z a window.
+    cohort_delta: float = 2.0
+    #: An input-signal cohort finding needs a mean device z over the CUSUM's run of at least this: a tenth of
+    #: the cohort's devices moved by the device minimum (input_mean 0.5).
+    cohort_min_shift: float = 0.05
+
     @property
     def h(self) -> float:
-        """CUSUM threshold: one sequential signal's share of the per-device false-alarm budget."""
-        return threshold(self.arl0_windows / self.sequential_share, self.cusum_delta)
+        """CUSUM threshold for a device whose level is known exactly: `device_h(0)`."""
+        return self.device_h(0.0)
+
+    def device_h(self, bias_var: float) -> float:
+        """CUSUM threshold: one sequential signal's share of the per-device false-alarm budget, averaged
+        over devices whose scores carry a persistent N(0, bias_var) bias (`Baseline.score_bias_var`)."""
+        return _threshold(self.arl0_windows / self.sequential_share, self.cusum_delta, bias_var)
+
+    def cohort_h(self, bias_var: float) -> float:
+        """The cohort CUSUM's threshold: one sequential signal's share of the cohort budget. A cohort's Z
+        carries the sum of its m devices' biases over sqrt(m), of the same variance bias_var
+        (`Baseline.score_error_var`: its runs are shorter than a day, so the harmonic's error counts too)."""
+        return _threshold(self.cohort_arl0_windows / self.sequential_share, self.cohort_delta, bias_var)
+
+
+@lru_cache(maxsize=64)
+def _threshold(arl0: float, delta: float, bias_var: float) -> float:
+    return threshold(arl0, delta, bias_var)
 
 
 SEQUENTIAL = tuple(f"input_mean_{c}" for c in range(CHANNELS)) + tuple(f"input_var_{c}" for c in range(CHANNELS))
@@ -224,7 +254,7 @@ def device_scores(window: Mapping[str, np.ndarray], baseline: Baseline, settings
     names: dict[str, str] = {}
     levels, known = baseline.levels_for(window["device"], at - baseline.window_s / 2)
     for c, channel in enumerate(baseline.channels[:CHANNELS]):
-        sd = np.where(known, channel.sigma_within, channel.window_mean.sd)
+        sd = np.where(known, channel.sigma_within * baseline.score_scale, channel.window_mean.sd)
         zc = (np.asarray(window[f"input_mean_{c}"], dtype=float) - levels[:, c]) / sd
         z[f"input_mean_{c}"] = np.where(n > 0, zc, np.nan)
         effect[f"input_mean_{c}"], names[f"input_mean_{c}"] = z[f"input_mean_{c}"], "sigma"
@@ -300,7 +330,6 @@ def evaluate(
     model_ids = as_keys(window["model_id"])
     models = sorted(set(model_ids.tolist()))
     findings: list[Finding] = []
-    h = settings.h
     alarms = np.zeros(len(devices), dtype=bool)
     stouffer_z: dict[str, np.ndarray] = {}
     hot_now: set[tuple[str, str]] = set()
@@ -313,6 +342,7 @@ def evaluate(
         else:
             rows = model_ids == model
             sub = {k: np.asarray(v)[rows] for k, v in window.items()}
+        thresholds = {"input_mean": settings.device_h(baseline.score_bias_var), "input_var": settings.device_h(0.0)}
         keys = devices[rows]
         # one look-up of the devices for every signal: rows `index` of the engine state's streams
         state = replace(state, cusum=state.cusum.with_keys(keys))
@@ -325,7 +355,7 @@ def evaluate(
             base = signal.rsplit("_", 1)[0] if signal in SEQUENTIAL else signal
             minimum = settings.min_effect.get(base, 0.0)
             if signal in SEQUENTIAL:
-                step = cusum_step(state.cusum.at(signal, index), zs, settings.cusum_delta, h)
+                step = cusum_step(state.cusum.at(signal, index), zs, settings.cusum_delta, thresholds[base])
                 state = replace(state, cusum=state.cusum.put_at(signal, index, step.state))
                 significant = step.alarm
                 effect = step.run_mean if base == "input_mean" else np.where(step.alarm, scores.effect[signal], 0.0)
@@ -361,7 +391,10 @@ def evaluate(
                 int(model),
                 reported,
             )
-    group_findings, state = _group_findings(cohorts, devices, stouffer_z, alarms, state, settings, at, window_s)
+    used = [baselines[int(m)].score_error_var for m in set(model_ids.tolist()) if int(m) in baselines]
+    group_findings, state = _group_findings(
+        cohorts, devices, stouffer_z, alarms, state, settings, max(used, default=0.0), at, window_s
+    )
     findings += group_findings
     evaluated = {f.identity for f in findings}
     still_open = {i for i in state.open if i not in evaluated}
@@ -433,15 +466,17 @@ def _group_findings(
     alarms: np.ndarray,
     state: EngineState,
     settings: DriftSettings,
+    error_var: float,
     at: int,
     window_s: int,
 ) -> tuple[list[Finding], EngineState]:
-    """Cohort and fleet findings: pooled (Stouffer) evidence per signal and device alarms vs binomial."""
+    """Cohort and fleet findings: pooled (Stouffer) evidence per signal (a CUSUM for the input signals, its
+    threshold for the fitted profiles' error `error_var` in the input-mean scores) and device alarms vs
+    binomial."""
     keys = np.array(list(cohorts), dtype=object)
     if not len(keys):
         return [], state
     was_open = state.open
-    h = settings.h
     masks = np.stack([cohorts[k] for k in keys.tolist()])
     members = masks.astype(float)
     out: list[Finding] = []
@@ -449,16 +484,19 @@ def _group_findings(
         combined, m = _stouffer(masks, members, zs)
         mean_z = np.where(m > 0, combined / np.sqrt(np.maximum(m, 1)), np.nan)
         if signal in SEQUENTIAL:
-            step = cusum_step(state.sums(signal, keys), combined, settings.cusum_delta, h)
+            h = settings.cohort_h(error_var if signal.startswith("input_mean") else 0.0)
+            step = cusum_step(state.sums(signal, keys), combined, settings.cohort_delta, h)
             state = state.with_sums(signal, keys, step.state)
             p = two_sided_p(combined)
-            significant, statistic = step.alarm, step.statistic
+            significant, statistic, minimum = step.alarm, step.statistic, settings.cohort_min_shift
+            effect = np.where(m > 0, step.run_mean / np.sqrt(np.maximum(m, 1)), np.nan)
         else:
             p = one_sided_p(combined)
             significant, statistic = np.nan_to_num(bh_qvalues(p), nan=1.0) <= settings.q_max, combined
+            effect, minimum = mean_z, settings.cohort_min_effect
         q = bh_qvalues(p)
-        severity = _severity(significant, mean_z, settings.cohort_min_effect, settings.critical_factor)
-        out += _scoped(keys, signal, severity, statistic, p, q, mean_z, "mean_z", at, window_s, was_open)
+        severity = _severity(significant, effect, minimum, settings.critical_factor)
+        out += _scoped(keys, signal, severity, statistic, p, q, effect, "mean_z", at, window_s, was_open)
     alpha = 1.0 / settings.arl0_windows + settings.q_max / max(len(devices), 1)
     x = (masks & alarms).sum(axis=1)
     total = masks.sum(axis=1)

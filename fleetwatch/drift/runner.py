@@ -144,6 +144,7 @@ def runner_from_settings(settings: Settings, store: Store, inventory: Inventory 
             q_max=drift.q_max,
             arl0_windows=drift.arl0_windows,
             cusum_delta=drift.cusum_delta,
+            cohort_arl0_windows=drift.cohort_arl0_windows,
             min_inferences=drift.min_inferences,
         ),
         window_s=drift.window_s,

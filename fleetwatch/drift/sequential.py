@@ -18,6 +18,14 @@ and the two sides combined as 1 / ARL = 1 / ARL+(mu) + 1 / ARL-(mu) (the lower s
 `threshold(arl0, delta)` solves ARL(0) = arl0 for h, and `detection_delay(h, delta, shift)` is ARL(shift):
 the expected windows from a shift to its alarm, counted from a fresh start.
 
+Estimated parameters: a device's scores are measured from its own level, fitted on a reference period of n
+windows. The fit's error stays in every later score as a bias d ~ N(0, v) (v = 1 / n for a plain mean, in
+units of the score's variance), the same in every window of that device, and a CUSUM is very sensitive to
+a persistent bias (Jones, Champ and Rigdon, Technometrics 2004): 1 / ARL is convex in d, so the fleet's
+false-alarm rate E_d[1 / ARL(d)] exceeds 1 / ARL(0). `threshold(arl0, delta, bias_var=v)` solves
+E_d[1 / ARL(h, d)] = 1 / arl0 instead (the expectation by adaptive quadrature over d, +-12 sd), so that the
+budget holds on average over the devices; `false_alarm_rate` is that expectation.
+
 >>> h = threshold(24_000, 1.0)
 >>> round(h, 2), round(detection_delay(h, 1.0, 1.0), 1)
 (8.92, 18.2)
@@ -34,17 +42,18 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.optimize import brentq
 
 #: Siegmund's correction of the threshold for the overshoot of a normal CUSUM (b = h + 1.166).
 SIEGMUND_CORRECTION = 1.166
 
 
-def _one_sided_arl(h: float, drift: float) -> float:
+def _one_sided_arl(h: float, drift: ArrayLike) -> np.ndarray:
     b = h + SIEGMUND_CORRECTION
-    if abs(drift) < 1e-12:
-        return b * b
-    return float((np.exp(-2 * drift * b) + 2 * drift * b - 1) / (2 * drift * drift))
+    drift = np.asarray(drift, dtype=float)
+    flat = np.abs(drift) < 1e-12
+    safe = np.where(flat, 1.0, drift)
+    with np.errstate(over="ignore"):  # a far negative drift: the ARL is infinite, its rate 0
+        return np.where(flat, b * b, (np.exp(-2 * safe * b) + 2 * safe * b - 1) / (2 * safe * safe))
 
 
 def average_run_length(h: float, delta: float, shift: float = 0.0) -> float:
@@ -53,24 +62,52 @@ def average_run_length(h: float, delta: float, shift: float = 0.0) -> float:
     >>> round(average_run_length(8.92, 1.0))
     23993
     """
+    return float(1.0 / _two_sided_rate(h, delta, shift))
+
+
+def _two_sided_rate(h: float, delta: float, shift: ArrayLike) -> np.ndarray:
     k = delta / 2
-    return 1.0 / (1.0 / _one_sided_arl(h, shift - k) + 1.0 / _one_sided_arl(h, -shift - k))
+    return 1.0 / _one_sided_arl(h, np.subtract(shift, k)) + 1.0 / _one_sided_arl(h, np.negative(shift) - k)
 
 
-def threshold(arl0: float, delta: float) -> float:
-    """The h whose two-sided in-control ARL is `arl0` windows, for a CUSUM tuned to a `delta`-sd shift.
+def false_alarm_rate(h: float, delta: float, bias_var: float = 0.0) -> float:
+    """Alarms per window, E_d[1 / ARL(h, d)], when each stream's scores carry a bias d ~ N(0, bias_var).
 
-    >>> round(threshold(400, 1.0), 3)
-    4.843
+    >>> round(1 / false_alarm_rate(8.92, 1.0)), round(1 / false_alarm_rate(8.92, 1.0, bias_var=1 / 168))
+    (23993, 11828)
+    """
+    if bias_var < 0:
+        raise ValueError("bias_var must be >= 0")
+    if bias_var == 0:
+        return float(_two_sided_rate(h, delta, 0.0))
+    sd = np.sqrt(bias_var)
+    from scipy import integrate  # see threshold
+
+    def density(d: float) -> float:
+        return float(_two_sided_rate(h, delta, d)) * np.exp(-0.5 * (d / sd) ** 2) / (sd * np.sqrt(2 * np.pi))
+
+    return float(integrate.quad(density, -12 * sd, 12 * sd, epsabs=0.0, epsrel=1e-12, limit=200)[0])
+
+
+def threshold(arl0: float, delta: float, bias_var: float = 0.0) -> float:
+    """The h whose two-sided in-control ARL is `arl0` windows, for a CUSUM tuned to a `delta`-sd shift;
+    with `bias_var` > 0, the h whose false-alarm rate averaged over a N(0, bias_var) bias is 1 / arl0.
+
+    >>> round(threshold(400, 1.0), 3), round(threshold(400, 1.0, bias_var=1 / 168), 3)
+    (4.843, 5.029)
     """
     if delta <= 0:
         raise ValueError("delta must be positive")
-    if arl0 <= average_run_length(0.0, delta):
-        raise ValueError(f"arl0 must exceed {average_run_length(0.0, delta):.3g} windows (h = 0)")
+    if arl0 * false_alarm_rate(0.0, delta, bias_var) <= 1:
+        raise ValueError(f"arl0 must exceed {1 / false_alarm_rate(0.0, delta, bias_var):.3g} windows (h = 0)")
     upper = 1.0
-    while average_run_length(upper, delta) < arl0:
+    while arl0 * false_alarm_rate(upper, delta, bias_var) > 1:
         upper *= 2
-    return float(brentq(lambda h: average_run_length(h, delta) - arl0, 0.0, upper, xtol=1e-12))
+    from scipy.optimize import brentq  # here: scipy.optimize is large in memory, and the daemon imports this module
+
+    return float(
+        brentq(lambda h: np.log(arl0 * false_alarm_rate(h, delta, bias_var)), 0.0, upper, xtol=1e-12, rtol=1e-14)
+    )
 
 
 def detection_delay(h: float, delta: float, shift: float) -> float:

@@ -32,7 +32,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import special, stats
+from scipy import special
 
 #: Smallest expected count of a merged bin (the usual rule of thumb for the chi-square approximation).
 MIN_EXPECTED = 5.0
@@ -382,6 +382,8 @@ def anomaly_p(anomalies: ArrayLike, n: ArrayLike, rate: float, concentration: fl
     if rate <= 0:
         return np.where(a > 0, 0.0, 1.0)
     if np.isinf(concentration):
+        from scipy import stats  # here: scipy.stats is large in memory, and the daemon imports this module
+
         tail = stats.binom.sf(a - 1, n, rate)
     else:
         tail = betabinom_sf(a, n, rate * concentration, (1 - rate) * concentration)
@@ -451,6 +453,8 @@ def _betabinom_sf(a: np.ndarray, n: np.ndarray, alpha: float, beta: float) -> np
         start, _ = _betabinom_pmf(a[small], n[small], alpha, beta)
         out[small] = _walk(a[small], start, n[small], n[small], alpha, beta, tail=True)
     else:
+        from scipy import stats  # see anomaly_p
+
         out[small] = stats.betabinom.sf(a[small] - 1, n[small].astype(np.int64), alpha, beta)
     return np.clip(out, 0.0, 1.0)
 

@@ -10,14 +10,10 @@ import binascii
 
 import numpy as np
 
-try:
-    from fleetwatch.frames._crc16 import crc16_check_rows as _check_rows_c
-    from fleetwatch.frames._crc16 import crc16_rows as _crc16_rows_c
-except ImportError:  # built without a C compiler: the per-row binascii fallbacks below are used
-    _crc16_rows_c = _check_rows_c = None
+from fleetwatch.frames import native
 
 #: True when the bulk C routines are built; False means the per-row binascii fallback is in use.
-HAVE_C_ROUTINE = _crc16_rows_c is not None
+HAVE_C_ROUTINE = native.routines is not None
 
 
 def crc16(data: bytes | bytearray | memoryview) -> int:
@@ -32,8 +28,8 @@ def crc16_rows(rows: np.ndarray, data_len: int) -> np.ndarray:
     rows = np.ascontiguousarray(rows)
     if rows.shape[0] == 0:
         return np.zeros(0, dtype=np.uint16)
-    if _crc16_rows_c is not None:
-        return np.frombuffer(_crc16_rows_c(rows, rows.shape[1], data_len), dtype="<u2").astype(np.uint16)
+    if native.routines is not None:
+        return np.frombuffer(native.routines.crc16_rows(rows, rows.shape[1], data_len), dtype="<u2").astype(np.uint16)
     return crc16_rows_fallback(rows, data_len)
 
 
@@ -42,13 +38,8 @@ def crc16_check_rows(rows: np.ndarray) -> np.ndarray:
     CRC of the bytes before them."""
     if rows.ndim != 2 or rows.dtype != np.uint8 or rows.shape[1] < 2:
         raise ValueError("rows must be a 2-D uint8 array at least 2 bytes wide")
-    rows = np.ascontiguousarray(rows)
-    if rows.shape[0] == 0:
-        return np.zeros(0, dtype=bool)
-    if _check_rows_c is not None:
-        return np.frombuffer(_check_rows_c(rows, rows.shape[1]), dtype=np.bool_)
     stored = rows[:, -2].astype(np.uint16) | (rows[:, -1].astype(np.uint16) << 8)
-    return crc16_rows_fallback(rows, rows.shape[1] - 2) == stored
+    return crc16_rows(rows, rows.shape[1] - 2) == stored
 
 
 def crc16_rows_fallback(rows: np.ndarray, data_len: int) -> np.ndarray:

@@ -1,11 +1,12 @@
 """Batch decoder: transport messages in, columns of valid frames per schema and a list of rejects out.
 
 Pure and vectorised. A message carries one frame or several back to back; the walk over a message follows
-WIRE-FORMAT.md ("How a message is walked"). The common case — every message a whole number of frames of
-one length, each with a good magic and version — is found for the whole batch at once with array
-operations; only the other messages are walked one by one. CRCs are checked in bulk, invariants and
-reasons are assigned with array masks, and valid frames are reinterpreted in place as a numpy structured
-array (no per-frame Python on the common path).
+WIRE-FORMAT.md ("How a message is walked"). The commonest batch — every message a whole number of frames
+of one length — is one (frames, frame_len) matrix: a single C pass (rules.reason_codes) checks each row's
+header, CRC, schema and rules and gives it a reason code. When a header in it is malformed, the messages
+that are whole frames of one length are still found for the whole batch at once with array operations,
+and only the others are walked one by one. Valid frames are reinterpreted in place as a numpy structured
+array (no per-frame Python on the common path); only rejects are looked at one by one.
 
 >>> from fleetwatch.frames.encode import encode_frames
 >>> from fleetwatch.frames.schema import Registry
@@ -24,13 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from fleetwatch.frames.crc import crc16_check_rows
-from fleetwatch.frames.schema import MIN_FRAME_LEN, Registry, Schema
-
-MAGIC = 0xFB
-ENVELOPE_VERSION = 1
-#: A frame whose window opens more than this far after its receive time is rejected as `time_in_future`.
-FUTURE_SLACK_S = 24 * 3600
+from fleetwatch.frames import native
+from fleetwatch.frames.rules import MALFORMED, OK, reason, reason_codes
+from fleetwatch.frames.schema import ENVELOPE_VERSION, MAGIC, MIN_FRAME_LEN, Registry, Schema
 
 #: Every reason a decoder reports, apart from `invariant:<name>` (one per schema invariant).
 REASONS = (
@@ -146,6 +143,9 @@ def decode_messages(
     registry: Registry,
 ) -> DecodeResult:
     """Decode transport messages; `devices[i]` and `received[i]` (Unix s) belong to `messages[i]`."""
+    if native.routines is not None:
+        joined, lengths = native.routines.join_messages(messages)
+        return decode_buffer(joined, np.frombuffer(lengths, dtype=np.int64), devices, received, registry)
     lengths = np.fromiter(map(len, messages), dtype=np.int64, count=len(messages))
     return decode_buffer(b"".join(messages), lengths, devices, received, registry)
 
@@ -163,26 +163,48 @@ def decode_buffer(
     if int(lengths.sum()) != len(data):
         raise ValueError(f"message lengths add up to {int(lengths.sum())}, buffer holds {len(data)} bytes")
     devices = np.asarray(devices, dtype=object)
-    received = np.asarray(received, dtype=np.int64)
+    received = np.ascontiguousarray(received, dtype=np.int64)
     if not len(devices) == len(received) == len(lengths):
         raise ValueError("need one device and one receive time per message")
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1])) if len(lengths) else lengths
+    whole = _whole_buffer_of_frames(data, lengths, devices, received, registry)
+    if whole is not None:
+        return whole
 
+    starts = _starts(lengths)
     spans = _Spans()
     slow = _fast_walk(data, starts, lengths, spans)
     for m in slow.tolist():
         _walk_message(data, m, int(starts[m]), int(lengths[m]), spans)
-
     batches: dict[int, list[FrameBatch]] = {}
+    rejects = spans.rejects
     for frame_len, msg, off, abs_start in spans.by_length():
-        _classify(data, frame_len, msg, off, abs_start, devices, received, registry, batches, spans.rejects)
+        rows = _rows(data, abs_start, frame_len)
+        codes, valid = reason_codes(rows, msg, received, registry)  # the walk read every header: none MALFORMED
+        parts, found = _sort_out(rows, codes, valid, msg, off, abs_start, devices, received, registry, False)
+        for sid, part in parts.items():
+            batches.setdefault(sid, []).append(part)
+        rejects += found
+    return _result({sid: _concat(parts) for sid, parts in batches.items()}, rejects, data, devices, received)
 
-    rejects = [
+
+def _starts(lengths: np.ndarray) -> np.ndarray:
+    """Where each message starts in the buffer."""
+    return np.concatenate(([0], np.cumsum(lengths)[:-1])) if len(lengths) else lengths
+
+
+def _result(
+    batches: dict[int, FrameBatch],
+    rejects: list[tuple[int, int, int, int, str]],
+    data: np.ndarray,
+    devices: np.ndarray,
+    received: np.ndarray,
+) -> DecodeResult:
+    out = [
         Reject(int(m), int(o), reason, data[a : a + n].tobytes(), str(devices[m]), int(received[m]))
-        for m, o, a, n, reason in spans.rejects
+        for m, o, a, n, reason in rejects
     ]
-    rejects.sort(key=lambda r: (r.message, r.offset))
-    return DecodeResult({sid: _concat(parts) for sid, parts in batches.items()}, rejects)
+    out.sort(key=lambda r: (r.message, r.offset))
+    return DecodeResult(batches, out)
 
 
 class _Spans:
@@ -208,6 +230,37 @@ class _Spans:
         return groups
 
 
+def _whole_buffer_of_frames(
+    data: np.ndarray, lengths: np.ndarray, devices: np.ndarray, received: np.ndarray, registry: Registry
+) -> DecodeResult | None:
+    """The commonest batch of all: every message is whole frames of one length, so the buffer is one
+    (frames, length) matrix, classified in one pass. None when it is not, or when a header in it is
+    malformed (the caller then walks the batch)."""
+    if not len(lengths) or len(data) < MIN_FRAME_LEN:
+        return None
+    frame_len = int(data[3]) + MIN_FRAME_LEN
+    if len(data) % frame_len:
+        return None
+    n = len(data) // frame_len
+    abs_start = np.arange(n, dtype=np.int64) * frame_len
+    if n == len(lengths):
+        if not bool((lengths == frame_len).all()):
+            return None
+        msg, off = np.arange(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    else:
+        if bool((lengths % frame_len).any()) or not bool(lengths.all()):
+            return None
+        msg = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths // frame_len)
+        off = abs_start - _starts(lengths)[msg]
+    rows = data.reshape(n, frame_len)
+    codes, valid = reason_codes(rows, msg, received, registry)
+    if int(valid.sum()) != n and bool((codes == MALFORMED).any()):
+        return None
+    in_order = n == len(lengths)
+    batches, rejects = _sort_out(rows, codes, valid, msg, off, abs_start, devices, received, registry, in_order)
+    return _result(batches, rejects, data, devices, received)
+
+
 def _fast_walk(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, spans: _Spans) -> np.ndarray:
     """Find, for the whole batch at once, messages that are n >= 1 well-formed frames of one length.
 
@@ -215,8 +268,6 @@ def _fast_walk(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, spans:
     frame (the usual case) take no repeat/gather work beyond reading their header bytes.
     """
     index = np.arange(len(lengths))
-    if _whole_buffer_of_frames(data, starts, lengths, spans):
-        return index[:0]
     sized = lengths >= MIN_FRAME_LEN
     frame_len = np.zeros(len(lengths), dtype=np.int64)
     well_formed = sized.copy()
@@ -250,31 +301,6 @@ def _fast_walk(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, spans:
     slow[cand] = False
     slow[bad_msgs] = True
     return index[slow]
-
-
-def _whole_buffer_of_frames(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, spans: _Spans) -> bool:
-    """The commonest batch of all: every message is whole frames of one length, so the buffer is one
-    (frames, length) matrix. Checked with one strided view of the headers; on success adds the spans."""
-    if not len(lengths) or len(data) < MIN_FRAME_LEN:
-        return False
-    frame_len = int(data[3]) + MIN_FRAME_LEN
-    if len(data) % frame_len or bool((lengths % frame_len).any()) or not bool(lengths.all()):
-        return False
-    heads = data.reshape(-1, frame_len)[:, :4]
-    if not (
-        (heads[:, 0] == MAGIC).all() and (heads[:, 1] == ENVELOPE_VERSION).all() and (heads[:, 3] == data[3]).all()
-    ):
-        return False
-    counts = lengths // frame_len
-    n = len(heads)
-    abs_start = np.arange(n, dtype=np.int64) * frame_len
-    if n == len(lengths):
-        msg, off = np.arange(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-    else:
-        msg = np.repeat(np.arange(len(lengths), dtype=np.int64), counts)
-        off = abs_start - starts[msg]
-    spans.add(msg, off, abs_start, np.full(n, frame_len, dtype=np.int64))
-    return True
 
 
 def _walk_message(data: np.ndarray, m: int, start: int, length: int, spans: _Spans) -> None:
@@ -317,71 +343,46 @@ def _rows(data: np.ndarray, abs_start: np.ndarray, frame_len: int) -> np.ndarray
     return data[abs_start[:, None] + np.arange(frame_len)]
 
 
-def _classify(
-    data: np.ndarray,
-    frame_len: int,
+def _sort_out(
+    rows: np.ndarray,
+    codes: np.ndarray,
+    valid: np.ndarray,
     msg: np.ndarray,
     off: np.ndarray,
     abs_start: np.ndarray,
     devices: np.ndarray,
     received: np.ndarray,
     registry: Registry,
-    batches: dict[int, list[FrameBatch]],
-    rejects: list[tuple[int, int, int, int, str]],
-) -> None:
-    """Give every frame of one length its reason, in WIRE-FORMAT.md's order of precedence."""
-    rows = _rows(data, abs_start, frame_len)
-    names = ["", "bad_crc"]
-    pending = crc16_check_rows(rows)
-    code = (~pending).astype(np.int16)
-    body_len = frame_len - MIN_FRAME_LEN
-    schema_ids = rows[:, 2]
-    present = np.flatnonzero(np.bincount(schema_ids[pending], minlength=256)).tolist()
-    for sid in present:
-        of_schema = pending if len(present) == 1 and pending.all() else pending & (schema_ids == sid)
-        if sid not in registry or registry.get(sid).body_len != body_len:
-            names.append("unknown_schema" if sid not in registry else "body_len_mismatch")
-            code[of_schema] = len(names) - 1
-            continue
-        schema = registry.get(sid)
-        raw = (rows if of_schema.all() else rows[of_schema]).view(schema.frame_dtype).reshape(-1)
-        why, rule_names = _rule_codes(schema, raw, received[msg[of_schema]])
-        code[of_schema] = np.where(why > 0, why + len(names) - 1, 0)
-        names.extend(rule_names)
-        ok = why == 0
-        sel = np.flatnonzero(of_schema)[ok]
-        batches.setdefault(sid, []).append(
-            FrameBatch(
-                schema=schema,
-                raw=raw if ok.all() else raw[ok],
-                message=msg[sel],
-                offset=off[sel],
-                device=_take(devices, msg[sel]),
-                received=_take(received, msg[sel]),
-            )
-        )
-    for i in np.flatnonzero(code).tolist():
-        rejects.append((int(msg[i]), int(off[i]), int(abs_start[i]), frame_len, names[code[i]]))
+    in_message_order: bool,
+) -> tuple[dict[int, FrameBatch], list[tuple[int, int, int, int, str]]]:
+    """The valid frames of an (n, frame_len) matrix of frames by schema id, and the rejects among them,
+    from the frames' reason codes and the count of valid frames per schema id (rules.reason_codes).
 
-
-def _take(column: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """column[index], without the gather when index is every row in order (one frame per message)."""
-    in_order = len(index) == len(column) and (len(index) == 0 or (index[0] == 0 and index[-1] == len(index) - 1))
-    return column if in_order and bool((np.diff(index) == 1).all()) else column[index]
-
-
-def _rule_codes(schema: Schema, raw: np.ndarray, received: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Per frame 0 when it keeps every rule, else 1 + the index of the first rule it breaks.
-
-    The rules, in order: window_s > 0, the schema's invariants, then `time_in_future`.
+    Row i is at offset `off[i]` of message `msg[i]`; `in_message_order` says that row i is message i.
     """
-    checks = [("invariant:window_s_positive", raw["window_s"] > 0)]
-    checks += [(f"invariant:{inv.name}", inv.evaluate(raw)) for inv in schema.invariants]
-    checks.append(("time_in_future", raw["window_start"] <= received + FUTURE_SLACK_S))
-    code = np.zeros(len(raw), dtype=np.int16)
-    for k, (_, keeps) in enumerate(checks, start=1):
-        code[(code == 0) & ~keeps] = k
-    return code, [name for name, _ in checks]
+    present = np.flatnonzero(valid).tolist()
+    all_valid = int(valid.sum()) == len(rows)
+    batches = {}
+    for sid in present:
+        schema = registry.get(sid)
+        if all_valid and len(present) == 1:
+            raw = rows.view(schema.frame_dtype).reshape(-1)
+            sel_msg, sel_off = msg, off
+            device = devices if in_message_order else devices[msg]
+            when = received if in_message_order else received[msg]
+        else:
+            ok = codes == OK
+            sel = np.flatnonzero(ok if len(present) == 1 else ok & (rows[:, 2] == sid))
+            raw = rows[sel].view(schema.frame_dtype).reshape(-1)
+            sel_msg, sel_off = msg[sel], off[sel]
+            device, when = devices[sel_msg], received[sel_msg]
+        batches[sid] = FrameBatch(schema, raw, sel_msg, sel_off, device, when)
+    frame_len = rows.shape[1]
+    rejects = [
+        (int(msg[i]), int(off[i]), int(abs_start[i]), frame_len, reason(registry, int(rows[i, 2]), int(codes[i])))
+        for i in ([] if all_valid else np.flatnonzero(codes).tolist())
+    ]
+    return batches, rejects
 
 
 def _concat(parts: list[FrameBatch]) -> FrameBatch:

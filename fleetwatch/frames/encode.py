@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from fleetwatch.frames.crc import crc16_rows
-from fleetwatch.frames.decode import ENVELOPE_VERSION, MAGIC, parse_fw_version
-from fleetwatch.frames.schema import CRC_LEN, Schema
+from fleetwatch.frames.decode import parse_fw_version
+from fleetwatch.frames.schema import CRC_LEN, ENVELOPE_VERSION, MAGIC, Schema
 
 _ENVELOPE_VALUES = ("seq", "window_start", "window_s", "fw_version", "model_id")
 

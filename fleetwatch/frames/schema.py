@@ -14,7 +14,6 @@ its invariants. Everything else is derived from it: the numpy dtype of a whole f
 from __future__ import annotations
 
 import itertools
-import operator
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -25,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+MAGIC = 0xFB
+ENVELOPE_VERSION = 1
 ENVELOPE_LEN = 20
 CRC_LEN = 2
 MIN_FRAME_LEN = ENVELOPE_LEN + CRC_LEN
@@ -72,14 +73,11 @@ ROLES: dict[str, str] = {
 
 _RESERVED = {name for name, _ in ENVELOPE_FIELDS} | {"crc", "device", "received", "message", "offset"}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-_OPS: dict[str, Callable[[Any, Any], Any]] = {
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<=": operator.le,
-    "<": operator.lt,
-    ">=": operator.ge,
-    ">": operator.gt,
-}
+#: An integer in an invariant lies within this bound (every integer up to it is exact in a double).
+MAX_CONSTANT = 2**53
+#: Invariants a schema may have (a frame's reason code is one byte).
+MAX_INVARIANTS = 240
+_INTEGER = re.compile(r"^-?\d+$")
 _CHECK = re.compile(r"^\s*(\S+)\s*(==|!=|<=|>=|<|>)\s*(\S+)\s*$")
 _SUM = re.compile(r"^sum\(([a-z][a-z0-9_]*)\)$")
 
@@ -147,20 +145,28 @@ class Field:
 
 
 @dataclass(frozen=True)
+class Operand:
+    """One side of an invariant: an integer (`field` None), a field's value, or the sum of its values."""
+
+    field: str | None = None
+    summed: bool = False
+    value: int = 0
+
+
+@dataclass(frozen=True)
 class Invariant:
-    """A semantic rule every frame of the schema keeps, e.g. `sum(conf_hist) == inference_count`."""
+    """A semantic rule every frame of the schema keeps, e.g. `sum(conf_hist) == inference_count`.
+
+    Its terms compare as exact numbers (integers and f32 values alike); fleetwatch/frames/rules.py
+    evaluates it."""
 
     name: str
     check: str
 
-    def evaluate(self, raw: np.ndarray) -> np.ndarray:
-        """Boolean array: True where the frames of a structured raw array keep the rule."""
+    def parts(self) -> tuple[Operand, str, Operand]:
+        """(left operand, operator, right operand)."""
         lhs, op, rhs = _parse_check(self.check)
-        return _OPS[op](_term(raw, lhs), _term(raw, rhs))
-
-    def terms(self) -> tuple[str, str]:
-        lhs, _, rhs = _parse_check(self.check)
-        return lhs, rhs
+        return _operand(lhs), op, _operand(rhs)
 
 
 def _parse_check(check: str) -> tuple[str, str, str]:
@@ -170,12 +176,11 @@ def _parse_check(check: str) -> tuple[str, str, str]:
     return match.group(1), match.group(2), match.group(3)
 
 
-def _term(raw: np.ndarray, term: str) -> np.ndarray | int:
-    if term.lstrip("-").isdigit():
-        return int(term)
+def _operand(term: str) -> Operand:
+    if _INTEGER.match(term):
+        return Operand(value=int(term))
     summed = _SUM.match(term)
-    values = raw[summed.group(1) if summed else term]
-    return np.einsum("ij->i", values, dtype=np.int64) if values.ndim > 1 else values
+    return Operand(field=summed.group(1), summed=True) if summed else Operand(field=term)
 
 
 @dataclass(frozen=True)
@@ -251,7 +256,11 @@ def parse_schema(data: Mapping[str, Any], source: str = "<memory>") -> Schema:
     decoded = [f.decoded for f in fields]
     if len(set(decoded)) != len(decoded) or set(decoded) & _RESERVED:
         raise fail("fields", "decoded names repeat or clash with the envelope")
-    invariants = tuple(_parse_invariant(i, raw, set(names), fail) for i, raw in enumerate(data.get("invariants", [])))
+    by_name = {f.name: f for f in fields}
+    raw_invariants = data.get("invariants", [])
+    if len(raw_invariants) > MAX_INVARIANTS:
+        raise fail("invariants", f"{len(raw_invariants)} invariants; a schema may have {MAX_INVARIANTS} at most")
+    invariants = tuple(_parse_invariant(i, raw, by_name, fail) for i, raw in enumerate(raw_invariants))
     schema = Schema(
         id=schema_id,
         name=name,
@@ -311,7 +320,7 @@ def _parse_field(index: int, raw: Mapping[str, Any], fail: Callable[[str, str], 
 
 
 def _parse_invariant(
-    index: int, raw: Mapping[str, Any], names: set[str], fail: Callable[[str, str], SchemaError]
+    index: int, raw: Mapping[str, Any], fields: Mapping[str, Field], fail: Callable[[str, str], SchemaError]
 ) -> Invariant:
     key = f"invariants[{index}]"
     name, check = raw.get("name"), raw.get("check")
@@ -323,12 +332,29 @@ def _parse_invariant(
         terms = _parse_check(check)
     except SchemaError as exc:
         raise fail(f"{key}.check", str(exc)) from None
-    for term in (terms[0], terms[2]):
-        summed = _SUM.match(term)
-        field_name = summed.group(1) if summed else term
-        if not term.lstrip("-").isdigit() and field_name not in names:
-            raise fail(f"{key}.check", f"{term!r} is neither an integer nor a field of this schema")
-    return Invariant(name=name, check=check)
+    invariant = Invariant(name=name, check=check)
+    operands = invariant.parts()
+    for term, operand in ((terms[0], operands[0]), (terms[2], operands[2])):
+        problem = _operand_problem(operand, fields)
+        if problem:
+            raise fail(f"{key}.check", f"{term!r} {problem}")
+    if operands[0].field is None and operands[2].field is None:
+        raise fail(f"{key}.check", "compares two integers; one side must be a field")
+    return invariant
+
+
+def _operand_problem(operand: Operand, fields: Mapping[str, Field]) -> str:
+    """Why an operand cannot be evaluated, or "" when it can."""
+    if operand.field is None:
+        return "is beyond ±2**53" if abs(operand.value) > MAX_CONSTANT else ""
+    f = fields.get(operand.field)
+    if f is None:
+        return "is neither an integer nor a field of this schema"
+    if operand.summed and f.type == "f32":
+        return "sums an f32 field; sum() takes integer fields"
+    if f.count > 1 and not operand.summed:
+        return f"is an array of {f.count} values; compare sum({f.name})"
+    return ""
 
 
 def load_schema(path: Path) -> Schema:

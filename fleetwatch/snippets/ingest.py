@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from fleetwatch.frames.snippet import Snippet, decode_snippet
 from fleetwatch.metrics import Metrics
-from fleetwatch.pipeline import Message
+from fleetwatch.pipeline import Message, acknowledge
 from fleetwatch.quarantine import Entry, Quarantine
 from fleetwatch.snippets.store import Record, SnippetStore
 
@@ -94,5 +94,4 @@ class SnippetIngest:
     def submit(self, message: Message, timeout: float | None = None) -> None:
         """The MQTT source's callback: handle the message, then acknowledge it."""
         self.handle(message.payload, message.device, message.received, message.transport)
-        if message.on_durable is not None:
-            message.on_durable()
+        acknowledge([message])

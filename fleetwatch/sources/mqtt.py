@@ -3,7 +3,9 @@
 Messages are acknowledged manually, only once their frames are durable (see pipeline.py), so a
 `kill -9` of the daemon loses nothing the broker accepted: the broker keeps unacknowledged messages in
 the session (fixed client id, clean_start false, session expiry) and sends them again on reconnect.
-The device id is the topic level where the configured topic has `+`.
+The subscription is QoS 1, so a message comes at QoS 1 (acknowledged with the others of its batch,
+`Client.ack_many`) or QoS 0 (nothing to acknowledge). The device id is the topic level where the configured
+topic has `+`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class MqttSource:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_message = self._on_message
+        self._ack_to = self.client.ack_many
 
     def start(self) -> None:
         connect(self.client, self.config, persistent=True, wait=False)
@@ -89,12 +92,7 @@ class MqttSource:
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         if not self._intake.is_set():
             return
-        levels = msg.topic.split("/")
+        levels = msg.topic.split("/", self._device_level + 1)
         device = levels[self._device_level] if len(levels) > self._device_level else ""
-        mid, qos = msg.mid, msg.qos
-
-        def ack() -> None:
-            if qos > 0:
-                client.ack(mid, qos)
-
-        self._submit(Message(bytes(msg.payload), device, int(time.time()), self.transport, ack))
+        ack_to = self._ack_to if msg.qos else None
+        self._submit(Message(bytes(msg.payload), device, int(time.time()), self.transport, None, ack_to, msg.mid))
