@@ -14,14 +14,17 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from certs import write_certificates
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from fleetwatch.config import MqttConfig
+from fleetwatch.localservers import HOST, Mosquitto, ServerError, free_port
 from fleetwatch.mqttclient import READ_SIZE, Client, connect, new_client
 
 TOPIC = "fleet/dev-1/telemetry"
@@ -83,6 +86,8 @@ def publisher(config: MqttConfig) -> mqtt.Client:
     """Stock paho: the devices' side."""
     protocol = mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}", protocol=protocol)
+    if config.tls:
+        client.tls_set(ca_certs=str(config.tls_ca))
     client.connect(config.host, config.port)
     client.loop_start()
     return client
@@ -90,7 +95,27 @@ def publisher(config: MqttConfig) -> mqtt.Client:
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_every_message_arrives_whole_and_in_order(mosquitto, protocol: str) -> None:
-    config = MqttConfig(url=mosquitto.url, protocol=protocol)
+    check_every_message_arrives(MqttConfig(url=mosquitto.url, protocol=protocol))
+
+
+def test_over_tls_every_message_arrives_whole_and_in_order(tmp_path: Path) -> None:
+    """TLS hands the client decrypted records, not what the kernel holds: the reads split differently."""
+    write_certificates(tmp_path)
+    tls_port = free_port()
+    listener = f"listener {tls_port} {HOST}\ncertfile {tmp_path}/server.crt\nkeyfile {tmp_path}/server.key"
+    try:
+        server = Mosquitto(extra_config=listener)
+        server.start()
+    except ServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        check_every_message_arrives(MqttConfig(url=f"mqtts://{HOST}:{tls_port}", tls_ca=tmp_path / "ca.crt"))
+    finally:
+        server.close()
+
+
+def check_every_message_arrives(config: MqttConfig) -> None:
+    protocol = config.protocol
     payloads = [bytes([i % 251]) * size for i, size in enumerate(SIZES)]
     payloads += [i.to_bytes(4, "little") * 19 for i in range(600)]
     qos = [i % 2 for i in range(len(payloads))]
