@@ -47,7 +47,7 @@ from fleetwatch.drift.sequential import CusumState, cusum_step, threshold
 from fleetwatch.drift.stats import (
     anomaly_p,
     estimated_accuracy,
-    goodness_of_fit,
+    g_test_p,
     one_sided_p,
     psi,
     two_sided_p,
@@ -268,7 +268,7 @@ def device_scores(window: Mapping[str, np.ndarray], baseline: Baseline, settings
         ("class_prior", "class_counts_", len(baseline.class_priors), baseline.class_priors, baseline.class_dispersion),
     ):
         counts = np.stack([np.asarray(window[f"{prefix}{b}"], dtype=float) for b in range(bins)], axis=1)
-        _, _, _, pv = goodness_of_fit(counts, np.array(probs), dispersion)
+        pv = g_test_p(counts, np.array(probs), dispersion)
         p[signal] = np.where(active, pv, np.nan)
         effect[signal], names[signal] = np.where(active, psi(counts, np.array(probs)), np.nan), "psi"
         z[signal] = np.where(active, -special.ndtri(np.clip(p[signal], 1e-300, 1)), np.nan)
