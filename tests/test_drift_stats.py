@@ -16,6 +16,7 @@ from fleetwatch.drift.stats import (
     anomaly_z,
     betabinom_sf,
     estimated_accuracy,
+    g_test_p,
     goodness_of_fit,
     js_distance,
     log_variance,
@@ -87,6 +88,7 @@ def test_goodness_of_fit_matches_scipy_after_the_documented_merge(seed: int) -> 
         if phi == 1.0:
             assert g_fit.p[i] == pytest.approx(g.pvalue, **TOL)
             assert pearson.p[i] == pytest.approx(chi2.pvalue, **TOL)
+    assert np.array_equal(g_test_p(counts, probs, dispersion=phi), g_fit.p)  # the engine's G-only path, bit for bit
 
 
 def test_a_rows_test_does_not_depend_on_the_other_rows() -> None:

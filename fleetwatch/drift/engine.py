@@ -47,7 +47,7 @@ from fleetwatch.drift.sequential import CusumState, cusum_step, threshold
 from fleetwatch.drift.stats import (
     anomaly_p,
     estimated_accuracy,
-    goodness_of_fit,
+    g_test_p,
     one_sided_p,
     psi,
     two_sided_p,
@@ -268,7 +268,7 @@ def device_scores(window: Mapping[str, np.ndarray], baseline: Baseline, settings
         ("class_prior", "class_counts_", len(baseline.class_priors), baseline.class_priors, baseline.class_dispersion),
     ):
         counts = np.stack([np.asarray(window[f"{prefix}{b}"], dtype=float) for b in range(bins)], axis=1)
-        _, _, _, pv = goodness_of_fit(counts, np.array(probs), dispersion)
+        pv = g_test_p(counts, np.array(probs), dispersion)
         p[signal] = np.where(active, pv, np.nan)
         effect[signal], names[signal] = np.where(active, psi(counts, np.array(probs)), np.nan), "psi"
         z[signal] = np.where(active, -special.ndtri(np.clip(p[signal], 1e-300, 1)), np.nan)
@@ -307,13 +307,14 @@ def device_scores(window: Mapping[str, np.ndarray], baseline: Baseline, settings
 
 
 #: Severity labels by level: 0 nothing to report, 1 significant and big enough, 2 `critical_factor` times that.
-SEVERITIES = np.array(["ok", "warning", "critical"], dtype=object)
+SEVERITIES = ("ok", "warning", "critical")
 
 
 def _severity(significant: np.ndarray, effect: np.ndarray, minimum: float, factor: float) -> np.ndarray:
+    """The severity level (into `SEVERITIES`) of every stream: numbers, so that a whole fleet's is compared
+    and counted without 100,000 string comparisons; only the reported streams get their label."""
     size = np.abs(np.nan_to_num(effect))
-    level = np.where(significant & (size >= minimum * factor), 2, (significant & (size >= minimum)).astype(np.intp))
-    return SEVERITIES[level]
+    return np.where(significant & (size >= minimum * factor), 2, (significant & (size >= minimum)).astype(np.intp))
 
 
 def evaluate(
@@ -371,7 +372,7 @@ def evaluate(
                 hot_now |= {(signal, d) for d in keys[now].tolist()}
                 significant = now & before
             severity = _severity(significant, effect, minimum, settings.critical_factor)
-            flagged = severity != "ok"
+            flagged = severity > 0
             alarms[np.flatnonzero(rows)[flagged]] = True
             reported = flagged | _among(state.cusum.keys, index, state.open_keys("device", signal))
             q = np.full(len(keys), np.nan)
@@ -440,7 +441,7 @@ def _device_findings(
                 q=_num(q[i], 1.0),
                 effect=_num(effect[i]),
                 effect_name=effect_name,
-                severity=str(severity[i]),
+                severity=SEVERITIES[severity[i]],
                 baseline_version=version,
                 window_start=at - window_s,
                 window_end=at,
@@ -526,7 +527,7 @@ def _scoped(
     out = []
     for i, key in enumerate(keys.tolist()):
         scope = "fleet" if key == "fleet" else "cohort"
-        if severity[i] == "ok" and (scope, key, signal) not in was_open:
+        if severity[i] == 0 and (scope, key, signal) not in was_open:
             continue
         out.append(
             Finding(
@@ -538,7 +539,7 @@ def _scoped(
                 q=_num(q[i], 1.0),
                 effect=_num(effect[i]),
                 effect_name=effect_name,
-                severity=str(severity[i]),
+                severity=SEVERITIES[severity[i]],
                 baseline_version="",
                 window_start=at - window_s,
                 window_end=at,

@@ -49,11 +49,24 @@ SIEGMUND_CORRECTION = 1.166
 
 def _one_sided_arl(h: float, drift: ArrayLike) -> np.ndarray:
     b = h + SIEGMUND_CORRECTION
+    if np.ndim(drift) == 0:
+        # one drift at a time, as `threshold`'s root search and quadrature ask (tens of thousands of calls):
+        # the same operations on a float, without the array machinery's overhead
+        drift = float(drift)
+        if abs(drift) < 1e-12:
+            return np.float64(b * b)
+        with np.errstate(over="ignore"):
+            return _siegmund(drift, b)
     drift = np.asarray(drift, dtype=float)
     flat = np.abs(drift) < 1e-12
     safe = np.where(flat, 1.0, drift)
     with np.errstate(over="ignore"):  # a far negative drift: the ARL is infinite, its rate 0
-        return np.where(flat, b * b, (np.exp(-2 * safe * b) + 2 * safe * b - 1) / (2 * safe * safe))
+        return np.where(flat, b * b, _siegmund(safe, b))
+
+
+def _siegmund(drift: float | np.ndarray, b: float) -> np.ndarray:
+    """Siegmund's one-sided ARL for a drift that is not 0 (b = h + the overshoot correction)."""
+    return (np.exp(-2 * drift * b) + 2 * drift * b - 1) / (2 * drift * drift)
 
 
 def average_run_length(h: float, delta: float, shift: float = 0.0) -> float:

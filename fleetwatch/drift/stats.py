@@ -86,6 +86,34 @@ def goodness_of_fit(
     >>> fit.chi2.round(3).tolist(), fit.g.round(3).tolist(), fit.p.round(3).tolist()
     ([5.467], [5.378], [0.068])
     """
+    observed, merged, df = _merged_bins(counts, probs, min_expected)
+    used = merged > 0
+    safe = np.where(used, merged, 1.0)
+    square = observed - merged
+    square *= square
+    square /= safe
+    square[~used] = 0.0
+    chi2 = square.sum(axis=1)
+    g = _g_statistic(observed, safe)
+    return GoodnessOfFit(chi2, g, df, _chi2_p(df, g if statistic == "g" else chi2, dispersion))
+
+
+def g_test_p(
+    counts: ArrayLike, probs: ArrayLike, dispersion: ArrayLike = 1.0, min_expected: float = MIN_EXPECTED
+) -> np.ndarray:
+    """`goodness_of_fit(counts, probs, dispersion, min_expected).p` without the Pearson statistic, which
+    the drift engine does not use (the same floats, a fifth less work).
+
+    >>> g_test_p([[28, 12, 10]], [0.4, 0.3, 0.3]).round(3).tolist()
+    [0.068]
+    """
+    observed, merged, df = _merged_bins(counts, probs, min_expected)
+    return _chi2_p(df, _g_statistic(observed, np.where(merged > 0, merged, 1.0)), dispersion)
+
+
+def _merged_bins(counts: ArrayLike, probs: ArrayLike, min_expected: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(observed, expected counts of the merged bins, df) per row, by `goodness_of_fit`'s merge rule; the
+    bins past a row's last merged bin have observed and expected 0."""
     counts = np.asarray(counts, dtype=float)
     probs = _normalised(probs)
     if counts.ndim != 2:
@@ -103,19 +131,18 @@ def goodness_of_fit(
     labels, merged = level_labels[inverse], merged[inverse]
     flat = (labels + bins * np.arange(rows)[:, None]).ravel()
     observed = np.bincount(flat, weights=counts.ravel(), minlength=rows * bins).reshape(rows, bins)
-    used = merged > 0
-    safe = np.where(used, merged, 1.0)
-    square = observed - merged
-    square *= square
-    square /= safe
-    square[~used] = 0.0
-    chi2 = square.sum(axis=1)
+    return observed, merged, labels[:, -1]
+
+
+def _g_statistic(observed: np.ndarray, safe: np.ndarray) -> np.ndarray:
+    """G = 2 sum O ln(O / E) per row, `safe` the expected counts with 1 where they are 0 (0 ln 0 = 0)."""
     ratio = np.divide(observed, safe, out=np.ones_like(observed), where=observed > 0)
-    g = 2 * special.xlogy(observed, ratio).sum(axis=1)
-    df = labels[:, -1]
-    chosen = g if statistic == "g" else chi2
-    p = np.where(df > 0, special.chdtrc(np.maximum(df, 1), chosen / np.asarray(dispersion, dtype=float)), 1.0)
-    return GoodnessOfFit(chi2, g, df, p)
+    return 2 * special.xlogy(observed, ratio).sum(axis=1)
+
+
+def _chi2_p(df: np.ndarray, statistic: np.ndarray, dispersion: ArrayLike) -> np.ndarray:
+    """P(chi2_df >= statistic / dispersion); 1 for untested rows (df = 0)."""
+    return np.where(df > 0, special.chdtrc(np.maximum(df, 1), statistic / np.asarray(dispersion, dtype=float)), 1.0)
 
 
 def _merge_labels(expected: np.ndarray, min_expected: float) -> np.ndarray:
