@@ -19,8 +19,7 @@ from collections.abc import Callable
 import numpy as np
 from _machine import describe, pin_to_one_core
 
-from fleetwatch.frames import Registry, decode_buffer, decode_messages, encode_frames
-from fleetwatch.frames.crc import HAVE_C_ROUTINE
+from fleetwatch.frames import Registry, decode_buffer, decode_messages, encode_frames, native
 
 FRAME = struct.Struct("<BBBBHIHII HHHHBBH3h3H10H4H H".replace(" ", ""))
 
@@ -120,7 +119,7 @@ def main() -> None:
     rows = make_frames(n)
     received = 1_795_003_600
     print(f"machine: {describe()}")
-    if HAVE_C_ROUTINE:
+    if native.routines is not None:
         print("decoder routines: C, one pass per frame (header, CRC slicing-by-8, rules)")
     else:
         print("decoder routines: numpy fallback (C not built: pip install -e . first)")

@@ -168,8 +168,6 @@ static inline int64_t rd_i32(const uint8_t *p) { return (int64_t)le32(p) - (p[3]
 
 static int term_values(const int64_t *term, const uint8_t *rows, Py_ssize_t row_len, int n, const int64_t *received,
                        int64_t *iv, double *fv) {
-    const uint8_t *base = rows + term[2];
-    int64_t count = term[3];
     if (term[0] == TERM_CONST) {
         for (int i = 0; i < n; i++) iv[i] = term[4];
         return 0;
@@ -178,6 +176,8 @@ static int term_values(const int64_t *term, const uint8_t *rows, Py_ssize_t row_
         for (int i = 0; i < n; i++) iv[i] = (int64_t)((uint64_t)received[i] + (uint64_t)term[4]); /* wraps as numpy */
         return 0;
     }
+    const uint8_t *base = rows + term[2]; /* a field term: program_is_sound checked its bytes lie in the row */
+    int64_t count = term[3];
     switch (term[1]) {
     case T_U8: SUM_ROWS(rd_u8, 1)
     case T_U16: SUM_ROWS(rd_u16, 2)
@@ -401,6 +401,18 @@ static PyObject *join_messages(PyObject *self, PyObject *arg) {
 #if defined(__GNUC__)
         if (i + 16 < n) __builtin_prefetch(items[i + 16]); /* the objects' headers are cache misses */
 #endif
+        if (!PyBytes_CheckExact(items[i]) && !PyTuple_CheckExact(seq)) {
+            /* Exporting this item's buffer may run Python code that resizes the list under `items`: go on
+             * (from the start) over a tuple of its own. Bytes, the common case, run no code. */
+            PyObject *tuple = PyList_AsTuple(seq);
+            if (tuple == NULL) goto fail;
+            Py_DECREF(seq);
+            seq = tuple;
+            items = PySequence_Fast_ITEMS(seq);
+            total = 0;
+            i = -1;
+            continue;
+        }
         int64_t len = take_message(items[i], NULL, 0);
         if (len < 0) goto fail;
         memcpy(len_out + i * sizeof len, &len, sizeof len);

@@ -12,9 +12,6 @@ import numpy as np
 
 from fleetwatch.frames import native
 
-#: True when the bulk C routines are built; False means the per-row binascii fallback is in use.
-HAVE_C_ROUTINE = native.routines is not None
-
 
 def crc16(data: bytes | bytearray | memoryview) -> int:
     """CRC of one byte string."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fleetwatch.frames.crc import crc16
+from fleetwatch.frames.rules import FUTURE_SLACK_S
 
 SNIPPET_MAGIC = 0xFC
 SNIPPET_VERSION = 1
@@ -37,8 +38,6 @@ MAX_CHANNELS = 16
 MAX_SAMPLES = 65535
 #: One sample an hour is the slowest rate a snippet may have (anything slower is a corrupted header).
 MAX_INTERVAL_MS = 3_600_000.0
-#: A snippet that starts more than this far after its receive time is rejected as `time_in_future`.
-FUTURE_SLACK_S = 24 * 3600
 SAMPLE_FLOAT32 = 1
 
 #: Why a device captured a snippet (header byte 16); codes not listed decode as `code_<n>`.
