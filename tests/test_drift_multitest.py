@@ -56,7 +56,10 @@ def test_false_discovery_gives_bh_qvalues_and_rejections_without_the_order_of_th
     p = random_p(rng, (int(rng.integers(1, 3000)),))
     q = bh_qvalues(p)
     bh = FalseDiscovery(p)
-    assert np.array_equal(bh.q(p), q, equal_nan=True)  # the same floats, ties and NaNs included
+    valid = ~np.isnan(p)
+    assert np.isnan(bh.q(p)[~valid]).all()
+    if valid.any():
+        np.testing.assert_allclose(bh.q(p)[valid], stats.false_discovery_control(p[valid]), rtol=1e-9, atol=1e-12)
     some = rng.choice(len(p), size=min(len(p), 20), replace=False)
     assert np.array_equal(bh.q(p[some]), q[some], equal_nan=True)
     for level in (0.0, 0.01, 0.05, float(np.nanmedian(q)) if (~np.isnan(q)).any() else 0.5, 0.999):

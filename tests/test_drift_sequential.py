@@ -250,12 +250,3 @@ def test_docs_quote_the_thresholds_the_code_computes() -> None:
 
 def test_docstring_examples() -> None:
     assert doctest.testmod(sequential, raise_on_error=False).failed == 0
-
-
-def test_the_scalar_arl_is_the_array_arl_bit_for_bit() -> None:
-    """`threshold` asks for one drift at a time; that path gives the floats of the vectorised one."""
-    drifts = np.concatenate([[0.0, 1e-13, -1e-13, -400.0, 400.0], np.linspace(-30.0, 30.0, 2001)])
-    for h in (0.0, 4.843, 8.92):
-        vectorised = sequential._one_sided_arl(h, drifts)
-        one_by_one = [sequential._one_sided_arl(h, d) for d in drifts.tolist()]
-        assert np.array_equal(vectorised, one_by_one)

@@ -47,26 +47,13 @@ from numpy.typing import ArrayLike
 SIEGMUND_CORRECTION = 1.166
 
 
-def _one_sided_arl(h: float, drift: ArrayLike) -> np.ndarray:
+def _one_sided_arl(h: float, drift: float) -> float:
+    """Siegmund's one-sided ARL of scores with mean `drift` (b = h + the overshoot correction)."""
     b = h + SIEGMUND_CORRECTION
-    if np.ndim(drift) == 0:
-        # one drift at a time, as `threshold`'s root search and quadrature ask (tens of thousands of calls):
-        # the same operations on a float, without the array machinery's overhead
-        drift = float(drift)
-        if abs(drift) < 1e-12:
-            return np.float64(b * b)
-        with np.errstate(over="ignore"):
-            return _siegmund(drift, b)
-    drift = np.asarray(drift, dtype=float)
-    flat = np.abs(drift) < 1e-12
-    safe = np.where(flat, 1.0, drift)
+    if abs(drift) < 1e-12:
+        return b * b
     with np.errstate(over="ignore"):  # a far negative drift: the ARL is infinite, its rate 0
-        return np.where(flat, b * b, _siegmund(safe, b))
-
-
-def _siegmund(drift: float | np.ndarray, b: float) -> np.ndarray:
-    """Siegmund's one-sided ARL for a drift that is not 0 (b = h + the overshoot correction)."""
-    return (np.exp(-2 * drift * b) + 2 * drift * b - 1) / (2 * drift * drift)
+        return float((np.exp(-2 * drift * b) + 2 * drift * b - 1) / (2 * drift * drift))
 
 
 def average_run_length(h: float, delta: float, shift: float = 0.0) -> float:
@@ -78,9 +65,9 @@ def average_run_length(h: float, delta: float, shift: float = 0.0) -> float:
     return float(1.0 / _two_sided_rate(h, delta, shift))
 
 
-def _two_sided_rate(h: float, delta: float, shift: ArrayLike) -> np.ndarray:
+def _two_sided_rate(h: float, delta: float, shift: float) -> float:
     k = delta / 2
-    return 1.0 / _one_sided_arl(h, np.subtract(shift, k)) + 1.0 / _one_sided_arl(h, np.negative(shift) - k)
+    return 1.0 / _one_sided_arl(h, shift - k) + 1.0 / _one_sided_arl(h, -shift - k)
 
 
 def false_alarm_rate(h: float, delta: float, bias_var: float = 0.0) -> float:
