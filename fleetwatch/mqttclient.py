@@ -31,7 +31,7 @@ class Client(mqtt.Client):
     `ack_many`.
 
     They use paho 2.2's internals (`_sock_recv`, `_in_packet`, `_packet_handle`, `_packet_queue`): the
-    dependency is pinned to 2.x from 2.2, and the MQTT tests run them against mosquitto.
+    dependency is pinned to 2.2.x, and the MQTT tests run them against mosquitto.
     """
 
     _read_socket: object = None
@@ -66,39 +66,41 @@ class Client(mqtt.Client):
         buffer += data
         pos, end = 0, len(buffer)
         rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-        while pos + 2 <= end and not rc and self._sock is not None:
-            length, shift, start = 0, 0, pos + 1
-            while start < end and buffer[start] & 0x80:
-                length |= (buffer[start] & 0x7F) << shift
-                shift += 7
+        try:  # packets handled before a callback raised are not handled again
+            while pos + 2 <= end and not rc and self._sock is not None:
+                length, shift, start = 0, 0, pos + 1
+                while start < end and buffer[start] & 0x80:
+                    length |= (buffer[start] & 0x7F) << shift
+                    shift += 7
+                    start += 1
+                if start - pos > 4:
+                    rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+                    break
+                if start == end:
+                    break
+                length |= buffer[start] << shift
                 start += 1
-            if start - pos > 4:
-                rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
-                break
-            if start == end:
-                break
-            length |= buffer[start] << shift
-            start += 1
-            if start + length > end:
-                break
-            self._in_packet = {
-                "command": buffer[pos],
-                "have_remaining": 1,
-                "remaining_count": [],
-                "remaining_mult": 1,
-                "remaining_length": length,
-                "packet": buffer[start : start + length],
-                "to_process": 0,
-                "pos": 0,
-            }
-            pos = start + length
-            try:
-                rc = self._packet_handle()
-            except MalformedPacket as exc:
-                self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
-                rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
-        del buffer[:pos]
-        return self._loop_rc_handle(rc) if rc else rc
+                if start + length > end:
+                    break
+                self._in_packet = {
+                    "command": buffer[pos],
+                    "have_remaining": 1,
+                    "remaining_count": [],
+                    "remaining_mult": 1,
+                    "remaining_length": length,
+                    "packet": buffer[start : start + length],
+                    "to_process": 0,
+                    "pos": 0,
+                }
+                pos = start + length
+                try:
+                    rc = self._packet_handle()
+                except MalformedPacket as exc:
+                    self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+                    rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        finally:
+            del buffer[:pos]
+        return self._loop_rc_handle(rc) if rc > 0 else rc
 
     def _handle_publish(self) -> MQTTErrorCode:
         """paho's, without `_packet.decode_publish`, for a QoS 0 or 1 PUBLISH without properties (telemetry).

@@ -358,7 +358,6 @@ class _Inbox:
             self._ready.wait_for(self._has_full_batch, self._first_at + wait - time.monotonic())
             batch = self._messages[: self._batch_max]
             del self._messages[: self._batch_max]
-            self._first_at = time.monotonic()
             self._room.notify_all()
         return batch
 
