@@ -31,6 +31,8 @@ from fleetwatch.frames import Registry, decode_messages, encode_frames
 from fleetwatch.grafana.builder import DATASOURCE_UID
 from fleetwatch.grafana.macros import TimeRange, interpolate
 from fleetwatch.grafana.provisioning import alerting_files
+from fleetwatch.localservers import HOST, Mosquitto, ServerError
+from fleetwatch.pipeline import Message, acknowledge
 from fleetwatch.sinks import open_store
 from fleetwatch.sources.mqtt import MqttSource
 
@@ -372,3 +374,37 @@ def test_an_unreachable_broker_is_logged_and_retried(caplog: pytest.LogCaptureFi
             source.close()
     assert f"MQTT broker 127.0.0.1:{port} unreachable; retrying with backoff (up to 2 s)" in caplog.text
     assert not source.wait_connected(0)
+
+
+def test_an_acknowledgement_from_before_a_reconnect_is_dropped(tmp_path: Path) -> None:
+    """A real mosquitto keeps the session over its restart (persistence on) and resends the unacknowledged
+    message on the new connection; the old connection's late PUBACK must not acknowledge that new copy."""
+    broker = Mosquitto(tmp_path / "broker", persistence=True)
+    try:
+        broker.start()
+    except ServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    got: list[Message] = []
+    source = MqttSource(MqttConfig(url=broker.url, client_id="fw-stale-acks", reconnect_max_s=1.0), got.append)
+    try:
+        source.start()
+        assert source.wait_connected(10)
+        publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dev-1")
+        publisher.connect(HOST, broker.port)
+        publisher.loop_start()
+        publisher.publish("fleet/dev-1/telemetry", b"frame", qos=1).wait_for_publish(10)
+        publisher.disconnect()
+        publisher.loop_stop()
+        for resent in (1, 2):
+            wait_for(lambda n=resent: len(got) == n, 10, "the message did not come")
+            if resent == 2:
+                acknowledge([got[0]])  # durable only now, after the reconnect: its PUBACK must be dropped
+                time.sleep(0.5)
+            source.connected.clear()
+            broker.restart()
+            assert source.wait_connected(15), "no reconnect after the broker restarted"
+        wait_for(lambda: len(got) == 3, 10, "the message again: the stale PUBACK acknowledged its resent copy")
+        assert [m.payload for m in got] == [b"frame"] * 3
+    finally:
+        source.close()
+        broker.close()

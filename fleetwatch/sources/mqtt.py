@@ -43,7 +43,7 @@ class MqttSource:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_message = self._on_message
-        self._ack_to = self.client.ack_many
+        self._ack_to = self._acks_for_this_connection()
 
     def start(self) -> None:
         connect(self.client, self.config, persistent=True, wait=False)
@@ -71,8 +71,21 @@ class MqttSource:
         log.info(
             "MQTT connected to %s:%s; subscribing %s", self.config.host, self.config.port, self.config.subscription
         )
+        self._ack_to = self._acks_for_this_connection()
         client.subscribe(self.config.subscription, qos=1)
         self.connected.set()
+
+    def _acks_for_this_connection(self) -> Callable[[list[int]], None]:
+        """The `ack_to` of the messages of the connection just made. Once another connection replaced it, it
+        drops their acknowledgements: the broker resends those messages in the session under ids it may reuse
+        for others after the new copies are acknowledged, so a stale PUBACK could acknowledge a message that is
+        not durable yet."""
+
+        def ack(mids: list[int]) -> None:
+            if self._ack_to is ack:
+                self.client.ack_many(mids)
+
+        return ack
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         log.warning(
@@ -95,4 +108,6 @@ class MqttSource:
         levels = msg.topic.split("/", self._device_level + 1)
         device = levels[self._device_level] if len(levels) > self._device_level else ""
         ack_to = self._ack_to if msg.qos else None
-        self._submit(Message(bytes(msg.payload), device, int(time.time()), self.transport, None, ack_to, msg.mid))
+        self._submit(
+            Message(bytes(msg.payload), device, int(time.time()), self.transport, ack_to=ack_to, ack_id=msg.mid)
+        )
