@@ -185,7 +185,7 @@ class Daemon:
                 max_request_body_size=http.max_body_bytes * 2,
                 ident="fleetwatch",
             )
-            self._server_thread = threading.Thread(target=self._server.run, name="fleetwatch-http", daemon=True)
+            self._server_thread = threading.Thread(target=self._serve_http, name="fleetwatch-http", daemon=True)
             self._server_thread.start()
             log.info("HTTP listening on %s:%s", http.host, self.http_port)
         for source in self._mqtt_sources():
@@ -196,6 +196,15 @@ class Daemon:
         if self._scheduled:
             self.jobs.start()
         _sd_notify("READY=1")
+
+    def _serve_http(self) -> None:
+        """waitress's loop. `stop` closes the server's sockets from another thread, so the loop's `select` may
+        then fail on a closed descriptor: expected once stopping, an error before."""
+        try:
+            self._server.run()
+        except (OSError, ValueError):
+            if not self._stopped.is_set():
+                raise
 
     @property
     def http_port(self) -> int:
