@@ -1,0 +1,184 @@
+"""Cohort detection over many simulated fleets: how soon the site's cohort finds a shift in a fifth of its
+devices, and how often cohorts alarm on a fleet where nothing changed, for several cohort budgets at once.
+
+drift_quality.py measures every scenario on one fleet; a cohort's detection delay is then one draw of a
+random variable. Here each of `--seeds` fleets (`FleetSpec(seed=s)`, `--devices` devices, hourly windows,
+sites north/south/east/west) gets a baseline fitted on 7 reference days, then:
+
+- the cohort scenario of drift_quality.py: +0.5 sigma on channel 0 for 50 devices of site=north (5% of the
+  fleet) from window 36 of the evaluated period, evaluated for 36 + `--horizon` windows; the delay is the
+  first window at or after the onset with a non-ok input_mean or device_alarms finding on site=north (1 = the
+  onset window; censored at `--horizon`);
+- the control (no change) over `--days` days: every non-ok cohort or fleet finding is a false alarm.
+
+Each budget in `--budgets` (`DriftSettings.cohort_arl0_windows`, expected windows between a cohort's false
+alarms) runs the engine on the same telemetry, so the rows differ only by the budget. The expected delay
+beside each is Siegmund's approximation for the site's mean Stouffer Z per window (`detection_delay`), and
+the same by simulating the CUSUM on N(Z, 1) steps; the site's Z over the control says how far its spread
+departs from N(0, 1).
+
+    python benchmarks/cohort_delay.py [--seeds 20] [--devices 1000] [--days 14] [--horizon 48]
+                                      [--budgets 8760,2190,730]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from _machine import describe
+from drift_quality import COHORT_SITE, DAY, ONSET, REFERENCE_DAYS, frames, revision, run_engine, scenarios, table
+
+from fleetwatch.baselines import fit_reference
+from fleetwatch.drift.engine import DriftSettings, Scores, device_scores
+from fleetwatch.drift.sequential import detection_delay
+from fleetwatch.simulate import FleetSpec, inventory_csv, simulate, truth
+
+
+@dataclass
+class Fleet:
+    """One simulated fleet: the site's expected Stouffer Z per window, the bias variance of the devices'
+    fitted profiles, and per budget (the site's delay, NaN when not found within the horizon; cohort and
+    fleet false alarms in the control)."""
+
+    z: float
+    error_var: float
+    control_z_sd: float
+    runs: dict[float, tuple[float, int]] = field(default_factory=dict)
+
+
+def one_fleet(seed: int, args: argparse.Namespace, budgets: list[float]) -> Fleet:
+    """Simulate fleet `seed` and run both scenarios at every budget."""
+    spec = FleetSpec(n_devices=args.devices, seed=seed)
+    inventory = {
+        row["device"]: {k: v for k, v in row.items() if k != "device"}
+        for row in csv.DictReader(io.StringIO(inventory_csv(spec)))
+    }
+    ref_w = REFERENCE_DAYS * DAY
+    reference = frames(simulate(spec, n_windows=ref_w))
+    baseline = fit_reference(
+        reference,
+        model_id=int(reference["model_id"][0]),
+        version="bench",
+        fitted_at=spec.start + ref_w * spec.window_s,
+        time_range=(spec.start, spec.start + ref_w * spec.window_s),
+    )
+    cohort = scenarios(args.devices, ref_w)[-1]
+    assert cohort.cohort == f"site={COHORT_SITE}" and cohort.change is not None
+    shifted_w, control_w = ONSET + args.horizon, args.days * DAY
+    shifted = frames(simulate(spec, [cohort.change], n_windows=shifted_w, start_window=ref_w))
+    control = frames(simulate(spec, n_windows=control_w, start_window=ref_w))
+    first_at = spec.start + (ref_w + 1) * spec.window_s
+    site = sum(1 for tags in inventory.values() if tags["site"] == COHORT_SITE)
+    moved = int(truth(spec, [cohort.change]).targets[0].sum())
+    ratio = spec.sigma(0) / (baseline.channels[0].sigma_within * baseline.score_scale)
+    north = np.array([inventory[d]["site"] == COHORT_SITE for d in control["device"][::control_w].tolist()])
+    settings = DriftSettings()
+    control_z = []
+    for j in range(control_w):
+        rows = {k: v[j::control_w] for k, v in control.items()}
+        control_z.append(site_z(device_scores(rows, baseline, settings, first_at + j * spec.window_s), north))
+    out = Fleet(moved * cohort.change.value * ratio / np.sqrt(site), baseline.score_error_var, float(np.std(control_z)))
+    for budget in budgets:
+        settings = DriftSettings(cohort_arl0_windows=budget)
+        alerts, _ = run_engine(shifted, shifted_w, baseline, inventory, settings, first_at, spec.window_s)
+        found = [
+            j
+            for j, scope, key, signal in alerts
+            if scope == "cohort" and key == cohort.cohort and j >= ONSET and signal.startswith(cohort.signals)
+        ]
+        delay = min(found) - ONSET + 1 if found else np.nan
+        alerts, _ = run_engine(control, control_w, baseline, inventory, settings, first_at, spec.window_s)
+        out.runs[budget] = (delay, sum(1 for _, scope, _, _ in alerts if scope != "device"))
+    return out
+
+
+def site_z(scores: Scores, members: np.ndarray) -> float:
+    """The site's Stouffer Z of channel 0's input-mean scores, as the engine pools them."""
+    z = scores.z["input_mean_0"][members]
+    valid = np.isfinite(z)
+    return float(z[valid].sum() / np.sqrt(valid.sum()))
+
+
+def simulated_delay(h: float, delta: float, z: float, runs: int = 20_000, seed: int = 0) -> float:
+    """Mean windows to alarm of the upper CUSUM (k = delta / 2, from 0) on N(z, 1) steps, by simulation."""
+    rng = np.random.default_rng(seed)
+    sums, took = np.zeros(runs), np.zeros(runs)
+    alive = np.ones(runs, dtype=bool)
+    step = 0
+    while alive.any():
+        step += 1
+        sums[alive] = np.maximum(0.0, sums[alive] + rng.normal(z, 1.0, int(alive.sum())) - delta / 2)
+        hit = alive & (sums > h)
+        took[hit] = step
+        alive &= ~hit
+    return float(took.mean())
+
+
+def _censored(delay: float, horizon: int) -> str:
+    return f"{delay:.0f}" if np.isfinite(delay) else f"> {horizon}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=20, help="simulated fleets (seeds 1..N)")
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=14, help="evaluated days of the control")
+    parser.add_argument("--horizon", type=int, default=48, help="windows after the onset the cohort scenario runs")
+    parser.add_argument("--budgets", default="8760,2190,730", help="cohort_arl0_windows values, comma-separated")
+    args = parser.parse_args()
+    budgets = [float(b) for b in args.budgets.split(",")]
+    started = time.perf_counter()
+    runs = [one_fleet(seed, args, budgets) for seed in range(1, args.seeds + 1)]
+    z = np.array([run.z for run in runs])
+    print(
+        f"Command: `python benchmarks/cohort_delay.py --seeds {args.seeds} --devices {args.devices} --days "
+        f"{args.days} --horizon {args.horizon} --budgets {args.budgets}`\n\nMachine: {describe()}\n\n"
+        f"Code: {revision()}\n\nThe site's expected Stouffer Z per window over the {args.seeds} fleets: mean "
+        f"{z.mean():.2f} (min {z.min():.2f}, max {z.max():.2f}); the standard deviation of its Z over the control's "
+        f"windows (1 for N(0, 1) scores): mean {np.mean([run.control_z_sd for run in runs]):.2f} (min "
+        f"{min(run.control_z_sd for run in runs):.2f}, max {max(run.control_z_sd for run in runs):.2f}).\n"
+    )
+    rows = []
+    for budget in budgets:
+        settings = DriftSettings(cohort_arl0_windows=budget)
+        h = float(np.mean([settings.cohort_h(run.error_var) for run in runs]))
+        delays = np.array([run.runs[budget][0] for run in runs])
+        found = delays[np.isfinite(delays)]
+        false = sum(run.runs[budget][1] for run in runs)
+        rows.append(
+            [
+                f"{budget:,.0f}",
+                f"{h:.2f}",
+                f"{detection_delay(h, settings.cohort_delta, float(z.mean())):.1f}",
+                f"{simulated_delay(h, settings.cohort_delta, float(z.mean())):.1f}",
+                _censored(np.median(np.nan_to_num(delays, nan=np.inf)), args.horizon),
+                f"{found.mean():.1f}" if len(found) else "-",
+                f"{100 * np.mean(np.nan_to_num(delays, nan=np.inf) <= 6):.0f}%",
+                f"{len(found)}/{len(delays)}",
+                f"{false} in {args.seeds * args.days} fleet-days",
+            ]
+        )
+    table(
+        [
+            "cohort_arl0_windows",
+            "cohort h (mean)",
+            "expected delay (Siegmund)",
+            "expected delay (simulated N(Z, 1) steps)",
+            "median delay",
+            "mean delay of the found",
+            "found within 6",
+            f"found within {args.horizon}",
+            "cohort/fleet false alarms, control",
+        ],
+        rows,
+    )
+    print(f"\nWhole run {time.perf_counter() - started:.0f} s.")
+
+
+if __name__ == "__main__":
+    main()
