@@ -150,6 +150,22 @@ def test_reference_fit_reports_the_error_of_the_device_profiles(tmp_path: Path) 
     assert Baseline.from_json(old).score_bias_var == 0.0 and Baseline.from_json(old).score_scale == 1.0
 
 
+def test_levels_are_each_devices_own_profile_in_any_order_and_the_fleet_level_for_others() -> None:
+    telemetry = simulate(FleetSpec(n_devices=30, seed=6), [], n_windows=48)
+    ref = flat(telemetry, np.ones(len(telemetry.device), dtype=bool))
+    baseline = fit_reference(ref, model_id=1, version="model-1-v1", fitted_at=0, time_range=(0, 1))
+    known, t = list(baseline.device_levels), 5 * 3600 + 1800.0
+    basis = np.array([1.0, np.sin(2 * np.pi * t / 86_400), np.cos(2 * np.pi * t / 86_400)])
+    fleet = [c.window_mean.mean for c in baseline.channels]
+    for devices in (known, known[:10], [*known[::-2], "dev-new"]):  # the first rows in order (a slice), or not
+        levels, found = baseline.levels_for(np.array(devices, dtype=object), t)
+        assert found.tolist() == [d in baseline.device_levels for d in devices]
+        for level, device in zip(levels, devices, strict=True):
+            profile = baseline.device_levels.get(device)
+            expected = np.reshape(profile, (len(fleet), 3)) @ basis if profile else fleet
+            assert level == pytest.approx(expected, rel=1e-12)
+
+
 def test_inventory_needs_a_device_column(tmp_path: Path) -> None:
     path = tmp_path / "inv.csv"
     path.write_text("id,site\na,north\n")
