@@ -255,3 +255,65 @@ def test_cusum_sums_of_devices_and_cohorts_share_one_key_index() -> None:
             "input_mean_0": {"keys": ["d0", "d2", "fleet"], "rows": [[6.0, 0.0, 1.0], [5.0, 0.0, 1.0], [1.0, 0.0, 1.0]]}
         }
     )
+
+
+def test_evaluate_leaves_the_callers_state_alone_and_rows_in_any_order_give_the_same_results() -> None:
+    """`evaluate` updates its own copy of the CUSUM sums in place: the state passed in does not change (the
+    same window from it gives the same findings again). Rows in another order than the sums' streams (read
+    and written by gather and scatter, not as one block) give the same device findings and sums; cohort
+    sums, added in another order, agree to rounding."""
+    spec = FleetSpec(n_devices=150, seed=31)
+    changes = [
+        Change("input_mean_shift", 3.0, Target(count=12, seed=2), onset=REF + 1, channels=(0,)),
+        Change("memory_increase", 25.0, Target(devices=tuple(range(20, 30))), onset=REF + 1),
+        Change("input_mean_shift", 0.6, Target(where=f"site={inventory_site(spec)}"), onset=REF, channels=(1,)),
+    ]
+    telemetry = simulate(spec, changes, n_windows=REF + 10)
+    window = np.asarray(telemetry.window)
+    ref = flat(telemetry, window < REF)
+    baseline = fit_reference(ref, model_id=int(ref["model_id"][0]), version="v1", fitted_at=0, time_range=(0, 1))
+    inventory = {
+        r["device"]: {k: v for k, v in r.items() if k != "device"}
+        for r in csv.DictReader(io.StringIO(inventory_csv(spec)))
+    }
+    order = np.random.default_rng(3).permutation(spec.n_devices)
+
+    def step(state: EngineState, w: int, shuffled: bool) -> tuple[list, EngineState]:
+        columns = flat(telemetry, window == w)
+        if shuffled:
+            columns = {k: np.asarray(v)[order] for k, v in columns.items()}
+        at = spec.start + (w + 1) * 3600
+        masks = cohort_masks(columns, inventory)
+        return evaluate(columns, {baseline.model_id: baseline}, masks, state, DriftSettings(), at, 3600)
+
+    def split(findings: list) -> tuple[list, list]:
+        """(the device findings in a fixed order, the cohort and fleet ones)."""
+        return sorted((f for f in findings if f.scope == "device"), key=repr), [
+            f for f in findings if f.scope != "device"
+        ]
+
+    straight, shuffled = EngineState(), EngineState()
+    found: list = []
+    for w in range(REF, REF + 10):
+        before = json.dumps(straight.to_json())
+        findings, after = step(straight, w, False)
+        assert step(straight, w, False)[0] == findings and json.dumps(straight.to_json()) == before
+        other, shuffled = step(shuffled, w, w > REF + 2)
+        (devices, groups), (other_devices, other_groups) = split(findings), split(other)
+        assert devices == other_devices and len(groups) == len(other_groups)
+        for a, b in zip(groups, other_groups, strict=True):
+            assert (a.identity, a.severity) == (b.identity, b.severity)
+            assert (a.statistic, a.p, a.effect) == pytest.approx((b.statistic, b.p, b.effect), rel=1e-9)
+        straight, found = after, found + findings
+    assert {f.signal for f in found if f.scope == "device" and f.severity != "ok"} >= {"input_mean_0", "memory"}
+    assert any(f.scope == "cohort" and f.signal == "input_mean_1" and f.severity != "ok" for f in found)
+    for signal, part in straight.to_json()["cusum"].items():
+        got = dict(zip(*shuffled.to_json()["cusum"][signal].values(), strict=True))
+        want = dict(zip(*part.values(), strict=True))
+        assert got.keys() == want.keys()
+        for key, row in want.items():
+            assert got[key] == (row if key.startswith("dev-") else pytest.approx(row, rel=1e-9))
+
+
+def inventory_site(spec: FleetSpec) -> str:
+    return next(csv.DictReader(io.StringIO(inventory_csv(spec))))["site"]
