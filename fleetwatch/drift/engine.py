@@ -34,9 +34,10 @@ pools shifts no single device can show, and the number of devices in alarm again
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 from scipy import special
@@ -266,10 +267,22 @@ class EngineState:
 
     def open_keys(self, scope: str, signal: str) -> np.ndarray:
         """The keys of `scope` with an open finding of `signal`."""
-        return np.array([k for s, k, g in self.open if s == scope and g == signal], dtype=str)
+        return np.array(self._grouped[0].get((scope, signal), []), dtype=str)
 
     def hot_devices(self, signal: str) -> np.ndarray:
-        return np.array([d for g, d in self.hot if g == signal], dtype=str)
+        return np.array(self._grouped[1].get(signal, []), dtype=str)
+
+    @cached_property
+    def _grouped(self) -> tuple[dict[tuple[str, str], list[str]], dict[str, list[str]]]:
+        """(the open findings' keys by (scope, signal), the hot devices by signal): grouped once, asked for
+        every signal."""
+        open_by: dict[tuple[str, str], list[str]] = {}
+        for scope, key, signal in self.open:
+            open_by.setdefault((scope, signal), []).append(key)
+        hot_by: dict[str, list[str]] = {}
+        for signal, device in self.hot:
+            hot_by.setdefault(signal, []).append(device)
+        return open_by, hot_by
 
     def to_json(self) -> dict:
         return {
@@ -463,9 +476,10 @@ def evaluate(
     findings += _group_findings(
         cohorts, stouffer_z, alarms, sums, state.open, settings, max(used, default=0.0), at, window_s
     )
-    evaluated = {f.identity for f in findings}
+    identities = [f.identity for f in findings]
+    evaluated = set(identities)
     still_open = {i for i in state.open if i not in evaluated}
-    open_now = frozenset(still_open | {f.identity for f in findings if f.severity != "ok"})
+    open_now = frozenset(still_open | {i for i, f in zip(identities, findings, strict=True) if f.severity != "ok"})
     return findings, replace(state, cusum=sums.table(), open=open_now, hot=frozenset(hot_now))
 
 
@@ -498,24 +512,26 @@ def _findings(
 ) -> list[Finding]:
     """Findings of `signal` for the streams at `rows` of `keys`, from their (severity, statistic, p, q,
     effect); in scope "cohort", the fleet's finding has scope "fleet"."""
-    severity, statistic, p, q, effect = values
+    severity, statistic, p, q, effect = (np.asarray(v)[rows].tolist() for v in values)
     return [
         Finding(
-            scope="fleet" if scope == "cohort" and keys[i] == "fleet" else scope,
-            key=str(keys[i]),
+            scope="fleet" if scope == "cohort" and key == "fleet" else scope,
+            key=str(key),
             signal=signal,
-            statistic=_num(statistic[i]),
-            p=_num(p[i], 1.0),
-            q=_num(q[i], 1.0),
-            effect=_num(effect[i]),
+            statistic=_num(stat),
+            p=_num(p_value, 1.0),
+            q=_num(q_value, 1.0),
+            effect=_num(size),
             effect_name=effect_name,
-            severity=SEVERITIES[severity[i]],
+            severity=SEVERITIES[level],
             baseline_version=version,
             window_start=at - window_s,
             window_end=at,
             model_id=model_id,
         )
-        for i in rows.tolist()
+        for key, level, stat, p_value, q_value, size in zip(
+            keys[rows].tolist(), severity, statistic, p, q, effect, strict=True
+        )
     ]
 
 
@@ -612,4 +628,4 @@ def _scoped(
 
 
 def _num(value: float, default: float = 0.0) -> float:
-    return default if value is None or not np.isfinite(value) else float(value)
+    return value if math.isfinite(value) else default
