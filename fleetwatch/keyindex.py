@@ -17,6 +17,7 @@ magnitude faster than hashing 100,000 new strings again.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import repeat
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -54,17 +55,21 @@ class KeyIndex:
         """`positions` without remembering: for a few keys asked once (a set of flagged devices)."""
         queries = as_keys(queries)
         rows = self._rows
-        index = np.fromiter((rows.get(q, -1) for q in queries.tolist()), dtype=np.int64, count=len(queries))
+        index = np.fromiter(map(rows.get, queries.tolist(), repeat(-1)), dtype=np.int64, count=len(queries))
         found = index >= 0
         index[~found] = 0
         return index, found
 
     def with_keys(self, queries: ArrayLike) -> KeyIndex:
         """This index when every query is a key already, else a new one with the missing queries added."""
+        return self.extended(queries)[0]
+
+    def extended(self, queries: ArrayLike) -> tuple[KeyIndex, np.ndarray]:
+        """(`with_keys(queries)`, the row of each query in it): one look-up for both."""
         queries = as_keys(queries)
         index, found = self.positions(queries)
         if found.all():
-            return self
+            return self, index
         grown = KeyIndex()
         grown._rows = rows = dict(self._rows)
         missing = queries[~found].tolist()
@@ -74,7 +79,7 @@ class KeyIndex:
         index = index.copy()
         index[~found] = [rows[key] for key in missing]
         grown._remember(queries, index, np.ones(len(queries), dtype=bool))
-        return grown
+        return grown, index
 
     def _remember(self, queries: np.ndarray, index: np.ndarray, found: np.ndarray) -> None:
         for array in (index, found):
@@ -88,3 +93,9 @@ def as_keys(queries: ArrayLike) -> np.ndarray:
     if queries.dtype == object:
         return queries
     return queries.astype(str).astype(object)
+
+
+def as_rows(index: np.ndarray) -> np.ndarray | slice:
+    """Row numbers `index` as a slice when they are the first rows in order (a fleet whose devices did not
+    change: arrays in the order of a `KeyIndex` are then read and written without a gather or scatter)."""
+    return slice(len(index)) if (index == np.arange(len(index))).all() else index

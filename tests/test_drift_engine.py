@@ -150,6 +150,22 @@ def test_reference_fit_reports_the_error_of_the_device_profiles(tmp_path: Path) 
     assert Baseline.from_json(old).score_bias_var == 0.0 and Baseline.from_json(old).score_scale == 1.0
 
 
+def test_levels_are_each_devices_own_profile_in_any_order_and_the_fleet_level_for_others() -> None:
+    telemetry = simulate(FleetSpec(n_devices=30, seed=6), [], n_windows=48)
+    ref = flat(telemetry, np.ones(len(telemetry.device), dtype=bool))
+    baseline = fit_reference(ref, model_id=1, version="model-1-v1", fitted_at=0, time_range=(0, 1))
+    known, t = list(baseline.device_levels), 5 * 3600 + 1800.0
+    basis = np.array([1.0, np.sin(2 * np.pi * t / 86_400), np.cos(2 * np.pi * t / 86_400)])
+    fleet = [c.window_mean.mean for c in baseline.channels]
+    for devices in (known, known[:10], [*known[::-2], "dev-new"]):  # the first rows in order (a slice), or not
+        levels, found = baseline.levels_for(np.array(devices, dtype=object), t)
+        assert found.tolist() == [d in baseline.device_levels for d in devices]
+        for level, device in zip(levels, devices, strict=True):
+            profile = baseline.device_levels.get(device)
+            expected = np.reshape(profile, (len(fleet), 3)) @ basis if profile else fleet
+            assert level == pytest.approx(expected, rel=1e-12)
+
+
 def test_inventory_needs_a_device_column(tmp_path: Path) -> None:
     path = tmp_path / "inv.csv"
     path.write_text("id,site\na,north\n")
@@ -239,3 +255,65 @@ def test_cusum_sums_of_devices_and_cohorts_share_one_key_index() -> None:
             "input_mean_0": {"keys": ["d0", "d2", "fleet"], "rows": [[6.0, 0.0, 1.0], [5.0, 0.0, 1.0], [1.0, 0.0, 1.0]]}
         }
     )
+
+
+def test_evaluate_leaves_the_callers_state_alone_and_rows_in_any_order_give_the_same_results() -> None:
+    """`evaluate` updates its own copy of the CUSUM sums in place: the state passed in does not change (the
+    same window from it gives the same findings again). Rows in another order than the sums' streams (read
+    and written by gather and scatter, not as one block) give the same device findings and sums; cohort
+    sums, added in another order, agree to rounding."""
+    spec = FleetSpec(n_devices=150, seed=31)
+    changes = [
+        Change("input_mean_shift", 3.0, Target(count=12, seed=2), onset=REF + 1, channels=(0,)),
+        Change("memory_increase", 25.0, Target(devices=tuple(range(20, 30))), onset=REF + 1),
+        Change("input_mean_shift", 0.6, Target(where=f"site={inventory_site(spec)}"), onset=REF, channels=(1,)),
+    ]
+    telemetry = simulate(spec, changes, n_windows=REF + 10)
+    window = np.asarray(telemetry.window)
+    ref = flat(telemetry, window < REF)
+    baseline = fit_reference(ref, model_id=int(ref["model_id"][0]), version="v1", fitted_at=0, time_range=(0, 1))
+    inventory = {
+        r["device"]: {k: v for k, v in r.items() if k != "device"}
+        for r in csv.DictReader(io.StringIO(inventory_csv(spec)))
+    }
+    order = np.random.default_rng(3).permutation(spec.n_devices)
+
+    def step(state: EngineState, w: int, shuffled: bool) -> tuple[list, EngineState]:
+        columns = flat(telemetry, window == w)
+        if shuffled:
+            columns = {k: np.asarray(v)[order] for k, v in columns.items()}
+        at = spec.start + (w + 1) * 3600
+        masks = cohort_masks(columns, inventory)
+        return evaluate(columns, {baseline.model_id: baseline}, masks, state, DriftSettings(), at, 3600)
+
+    def split(findings: list) -> tuple[list, list]:
+        """(the device findings in a fixed order, the cohort and fleet ones)."""
+        return sorted((f for f in findings if f.scope == "device"), key=repr), [
+            f for f in findings if f.scope != "device"
+        ]
+
+    straight, shuffled = EngineState(), EngineState()
+    found: list = []
+    for w in range(REF, REF + 10):
+        before = json.dumps(straight.to_json())
+        findings, after = step(straight, w, False)
+        assert step(straight, w, False)[0] == findings and json.dumps(straight.to_json()) == before
+        other, shuffled = step(shuffled, w, w > REF + 2)
+        (devices, groups), (other_devices, other_groups) = split(findings), split(other)
+        assert devices == other_devices and len(groups) == len(other_groups)
+        for a, b in zip(groups, other_groups, strict=True):
+            assert (a.identity, a.severity) == (b.identity, b.severity)
+            assert (a.statistic, a.p, a.effect) == pytest.approx((b.statistic, b.p, b.effect), rel=1e-9)
+        straight, found = after, found + findings
+    assert {f.signal for f in found if f.scope == "device" and f.severity != "ok"} >= {"input_mean_0", "memory"}
+    assert any(f.scope == "cohort" and f.signal == "input_mean_1" and f.severity != "ok" for f in found)
+    for signal, part in straight.to_json()["cusum"].items():
+        got = dict(zip(*shuffled.to_json()["cusum"][signal].values(), strict=True))
+        want = dict(zip(*part.values(), strict=True))
+        assert got.keys() == want.keys()
+        for key, row in want.items():
+            assert got[key] == (row if key.startswith("dev-") else pytest.approx(row, rel=1e-9))
+
+
+def inventory_site(spec: FleetSpec) -> str:
+    return next(csv.DictReader(io.StringIO(inventory_csv(spec))))["site"]

@@ -240,6 +240,26 @@ def test_state_may_have_any_shape() -> None:
     assert out.alarm.shape == (2, 3, 20) and out.alarm[..., 8].all() and not out.alarm[..., :8].any()
 
 
+def test_several_signals_with_thresholds_of_their_own_step_as_one_array() -> None:
+    """(signals, streams) scores with one h per signal (a column that broadcasts) give, bit for bit, what
+    each signal's own step gives."""
+    rng = np.random.default_rng(8)
+    z = rng.standard_normal((3, 500)) * 3 + np.array([[0.0], [1.0], [-2.0]])
+    z[rng.uniform(size=z.shape) < 0.1] = np.nan
+    state = CusumState(
+        rng.uniform(0, 4, (3, 500)) * (rng.uniform(size=(3, 500)) < 0.5), np.zeros((3, 500)), np.ones((3, 500), int)
+    )
+    h = np.array([[3.0], [5.0], [8.0]])
+    together = cusum_step(state, z, 1.0, h)
+    for j in range(3):
+        alone = cusum_step(CusumState(state.upper[j], state.lower[j], state.run[j]), z[j], 1.0, float(h[j, 0]))
+        for got, want in [(together.state.upper[j], alone.state.upper), (together.state.run[j], alone.state.run)] + [
+            (getattr(together, name)[j], getattr(alone, name)) for name in ("alarm", "statistic", "side", "run_mean")
+        ]:
+            assert np.array_equal(got, want)
+    assert together.alarm.any(axis=1).all()
+
+
 def test_docs_quote_the_thresholds_the_code_computes() -> None:
     text = DOC.read_text()
     for arl0 in (2_400.0, 24_000.0, 288_000.0):

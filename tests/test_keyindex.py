@@ -33,6 +33,10 @@ def test_with_keys_keeps_the_numbers_and_adds_new_keys_once() -> None:
     assert grown.keys.tolist() == ["a", "b", "d", "c"] and len(index) == 2
     assert grown.positions(np.array(["d", "a", "d", "c"]))[0].tolist() == [2, 0, 2, 3]
     assert grown.find(["c", "zz"])[1].tolist() == [True, False]
+    same, rows = index.extended(np.array(["b", "a"]))
+    assert same is index and rows.tolist() == [1, 0]
+    again, rows = index.extended(np.array(["d", "a", "d", "c"]))  # the rows in the grown index, in one look-up
+    assert again.keys.tolist() == grown.keys.tolist() and rows.tolist() == [2, 0, 2, 3]
 
 
 def test_cohort_masks_from_an_inventory_index_equal_those_from_the_mapping() -> None:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fleetwatch.keyindex import KeyIndex
+from fleetwatch.keyindex import KeyIndex, as_rows
 
 #: The period of the daily profile fitted per device.
 DAY_S = 86_400
@@ -108,18 +108,18 @@ class Baseline:
         1 day (the first harmonic of its reference period); an unknown device gets the fleet level."""
         keys, profiles = self._profiles
         index, known = keys.positions(devices)
-        fleet = np.tile([c.window_mean.mean for c in self.channels], (len(known), 1))
+        fleet = np.array([c.window_mean.mean for c in self.channels])
         if not len(keys):
-            return fleet, known
+            return np.tile(fleet, (len(known), 1)), known
         phase = 2 * np.pi * (t % DAY_S) / DAY_S
-        own = profiles[index] @ np.array([1.0, np.sin(phase), np.cos(phase)])
-        return np.where(known[:, None], own, fleet), known
+        own = profiles[as_rows(index)] @ np.array([1.0, np.sin(phase), np.cos(phase)])
+        return (own if known.all() else np.where(known[:, None], own, fleet)), known
 
     @cached_property
     def _profiles(self) -> tuple[KeyIndex, np.ndarray]:
         """(the device ids, their profiles shaped (devices, channels, 3) in that order), for `levels_for`."""
         keys = KeyIndex(self.device_levels)
-        profiles = np.array([self.device_levels[k] for k in keys.keys.tolist()], dtype=float)
+        profiles = np.array(list(self.device_levels.values()), dtype=float)  # in the keys' order: a dict's
         return keys, profiles.reshape(len(keys), len(self.channels), 3)
 
     def accuracy_map(self) -> np.ndarray:

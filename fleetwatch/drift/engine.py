@@ -34,9 +34,10 @@ pools shifts no single device can show, and the number of devices in alarm again
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 from scipy import special
@@ -53,7 +54,7 @@ from fleetwatch.drift.stats import (
     two_sided_p,
 )
 from fleetwatch.findings import Finding
-from fleetwatch.keyindex import KeyIndex, as_keys
+from fleetwatch.keyindex import KeyIndex, as_keys, as_rows
 
 CHANNELS = 3
 
@@ -122,8 +123,9 @@ SEQUENTIAL = tuple(f"input_mean_{c}" for c in range(CHANNELS)) + tuple(f"input_v
 @dataclass(frozen=True, eq=False)
 class SumTable:
     """The CUSUM sums of every signal and stream (device ids, cohort names): the streams numbered by one
-    `KeyIndex` that all signals share, and per signal an array of rows (upper, lower, run) in that order.
-    A stream a signal has not set is at rest: (0, 0, 0)."""
+    `KeyIndex` that all signals share, and per signal a (3, streams) array: upper, lower and run of every
+    stream in that order (a window's devices are then a run of each row, copied as one block). A stream
+    a signal has not set is at rest: (0, 0, 0)."""
 
     keys: KeyIndex = field(default_factory=KeyIndex)
     rows: Mapping[str, np.ndarray] = field(default_factory=dict)
@@ -135,24 +137,13 @@ class SumTable:
 
     def at(self, signal: str, index: np.ndarray, found: np.ndarray | None = None) -> CusumState:
         """The sums of `signal` at rows `index` of `keys` (at rest where not `found`)."""
-        table = self.rows.get(signal)
-        if table is None:
-            rows = np.zeros((len(index), 3))
-        elif found is None and _leading(index):
-            rows = table[: len(index)]  # the first streams in order (a fleet whose devices did not change)
-        else:
-            rows = table[index]
-            if found is not None:
-                rows[~found] = 0.0
-        return CusumState(rows[:, 0], rows[:, 1], rows[:, 2].astype(np.int64))
+        sums = _gather(self.rows, [signal], index, found)
+        return CusumState(sums.upper[0], sums.lower[0], sums.run[0])
 
     def with_keys(self, keys: np.ndarray) -> SumTable:
         """The table with `keys` among its streams (at rest where they are new)."""
-        grown = self.keys.with_keys(keys)
-        if grown is self.keys:
-            return self
-        pad = np.zeros((len(grown) - len(self.keys), 3))
-        return SumTable(grown, {s: np.concatenate([t, pad]) for s, t in self.rows.items()})
+        grown, rows, _ = _grown(self.keys, self.rows, keys)
+        return self if grown is self.keys else SumTable(grown, rows)
 
     def put(self, signal: str, keys: np.ndarray, state: CusumState) -> SumTable:
         """A table with `signal` set to `state` for `keys` (at most one stream per key)."""
@@ -162,18 +153,18 @@ class SumTable:
     def put_at(self, signal: str, index: np.ndarray, state: CusumState) -> SumTable:
         """A table with `signal` set to `state` at rows `index` of `keys`; a stream at rest, (0, 0, run),
         is kept as (0, 0, 0)."""
-        rows = np.column_stack([state.upper, state.lower, state.run.astype(float)])
-        rows[~_moving(rows)] = 0.0
-        table = self.rows[signal].copy() if signal in self.rows else np.zeros((len(self.keys), 3))
-        table[slice(len(index)) if _leading(index) else index] = rows
-        return SumTable(self.keys, {**self.rows, signal: table})
+        rows = {**self.rows, signal: self.rows[signal].copy() if signal in self.rows else _at_rest(len(self.keys))}
+        _scatter(
+            rows, [signal], index, CusumState(*(np.reshape(a, (1, -1)) for a in (state.upper, state.lower, state.run)))
+        )
+        return SumTable(self.keys, rows)
 
     def to_json(self) -> dict[str, dict[str, list]]:
         """Per signal, the streams not at rest: {signal: {"keys": [...], "rows": [[upper, lower, run]]}}."""
         out = {}
         for signal, table in self.rows.items():
-            moving = _moving(table)
-            out[signal] = {"keys": self.keys.keys[moving].tolist(), "rows": table[moving].tolist()}
+            moving = (table[0] != 0) | (table[1] != 0)
+            out[signal] = {"keys": self.keys.keys[moving].tolist(), "rows": table[:, moving].T.tolist()}
         return out
 
     @classmethod
@@ -189,13 +180,74 @@ class SumTable:
         return table
 
 
-def _moving(rows: np.ndarray) -> np.ndarray:
-    return (rows[:, 0] != 0) | (rows[:, 1] != 0)
+class _Sums:
+    """The CUSUM sums one `evaluate` call works on: the state's table, each signal's rows copied once and
+    then updated in place (the caller's state is not changed), streams added as they come, several signals
+    read and written at once. `table()` is the new state's."""
+
+    def __init__(self, table: SumTable) -> None:
+        self.keys = table.keys
+        self.rows = {signal: rows.copy() for signal, rows in table.rows.items()}
+
+    def index(self, keys: np.ndarray) -> np.ndarray:
+        """The rows of `keys` (streams at rest added for the new ones)."""
+        self.keys, self.rows, index = _grown(self.keys, self.rows, keys)
+        return index
+
+    def take(self, signals: Sequence[str], index: np.ndarray) -> CusumState:
+        """The sums of `signals` at rows `index`, shaped (signals, rows)."""
+        return _gather(self.rows, signals, index)
+
+    def store(self, signals: Sequence[str], index: np.ndarray, state: CusumState) -> None:
+        """Set the sums of `signals` at rows `index` to `state`, shaped (signals, rows)."""
+        for signal in signals:
+            self.rows.setdefault(signal, _at_rest(len(self.keys)))
+        _scatter(self.rows, signals, index, state)
+
+    def table(self) -> SumTable:
+        return SumTable(self.keys, self.rows)
 
 
-def _leading(index: np.ndarray) -> bool:
-    """Whether `index` is the first rows of a table in order (then no gather or scatter is needed)."""
-    return bool((index == np.arange(len(index))).all())
+def _at_rest(streams: int) -> np.ndarray:
+    return np.zeros((3, streams))
+
+
+def _grown(
+    keys: KeyIndex, rows: Mapping[str, np.ndarray], queries: np.ndarray
+) -> tuple[KeyIndex, Mapping[str, np.ndarray], np.ndarray]:
+    """(`keys` with the queries among them, `rows` padded with streams at rest to match, the queries' rows)."""
+    grown, index = keys.extended(queries)
+    if grown is keys:
+        return keys, rows, index
+    pad = _at_rest(len(grown) - len(keys))
+    return grown, {signal: np.concatenate([table, pad], axis=1) for signal, table in rows.items()}, index
+
+
+def _gather(
+    rows: Mapping[str, np.ndarray], signals: Sequence[str], index: np.ndarray, found: np.ndarray | None = None
+) -> CusumState:
+    """The sums of `signals` at rows `index` of their tables, shaped (signals, rows); at rest where not
+    `found` and for a signal without a table."""
+    at = as_rows(index)
+    upper, lower = np.zeros((len(signals), len(index))), np.zeros((len(signals), len(index)))
+    run = np.zeros((len(signals), len(index)), dtype=np.int64)
+    for j, signal in enumerate(signals):
+        if signal in rows:
+            upper[j], lower[j], run[j] = rows[signal][:, at]
+    if found is not None:
+        for values in (upper, lower, run):
+            values[:, ~found] = 0
+    return CusumState(upper, lower, run)
+
+
+def _scatter(rows: Mapping[str, np.ndarray], signals: Sequence[str], index: np.ndarray, state: CusumState) -> None:
+    """Write `state` ((signals, rows) arrays) into the tables of `signals` at rows `index`, in place; a stream
+    at rest, (0, 0, run), is written as (0, 0, 0)."""
+    at = as_rows(index)
+    run = state.run * ((state.upper != 0) | (state.lower != 0))
+    for j, signal in enumerate(signals):
+        table = rows[signal]
+        table[0, at], table[1, at], table[2, at] = state.upper[j], state.lower[j], run[j]
 
 
 @dataclass(frozen=True)
@@ -215,10 +267,22 @@ class EngineState:
 
     def open_keys(self, scope: str, signal: str) -> np.ndarray:
         """The keys of `scope` with an open finding of `signal`."""
-        return np.array([k for s, k, g in self.open if s == scope and g == signal], dtype=str)
+        return np.array(self._grouped[0].get((scope, signal), []), dtype=str)
 
     def hot_devices(self, signal: str) -> np.ndarray:
-        return np.array([d for g, d in self.hot if g == signal], dtype=str)
+        return np.array(self._grouped[1].get(signal, []), dtype=str)
+
+    @cached_property
+    def _grouped(self) -> tuple[dict[tuple[str, str], list[str]], dict[str, list[str]]]:
+        """(the open findings' keys by (scope, signal), the hot devices by signal): grouped once, asked for
+        every signal."""
+        open_by: dict[tuple[str, str], list[str]] = {}
+        for scope, key, signal in self.open:
+            open_by.setdefault((scope, signal), []).append(key)
+        hot_by: dict[str, list[str]] = {}
+        for signal, device in self.hot:
+            hot_by.setdefault(signal, []).append(device)
+        return open_by, hot_by
 
     def to_json(self) -> dict:
         return {
@@ -313,8 +377,17 @@ SEVERITIES = ("ok", "warning", "critical")
 def _severity(significant: np.ndarray, effect: np.ndarray, minimum: float, factor: float) -> np.ndarray:
     """The severity level (into `SEVERITIES`) of every stream: numbers, so that a whole fleet's is compared
     and counted without 100,000 string comparisons; only the reported streams get their label."""
-    size = np.abs(np.nan_to_num(effect))
-    return np.where(significant & (size >= minimum * factor), 2, (significant & (size >= minimum)).astype(np.intp))
+    levels = _big_enough(significant, effect, minimum).astype(np.intp)
+    levels[_big_enough(significant, effect, minimum * factor)] = 2
+    return levels
+
+
+def _big_enough(significant: np.ndarray, effect: np.ndarray, minimum: float) -> np.ndarray:
+    """significant & |effect| >= minimum (a NaN effect counts as 0), looked at only where significant: few."""
+    rows = np.flatnonzero(significant)
+    out = np.zeros(len(significant), dtype=bool)
+    out[rows[np.abs(np.nan_to_num(effect[rows])) >= minimum]] = True
+    return out
 
 
 def evaluate(
@@ -334,73 +407,85 @@ def evaluate(
     alarms = np.zeros(len(devices), dtype=bool)
     stouffer_z: dict[str, np.ndarray] = {}
     hot_now: set[tuple[str, str]] = set()
+    sums = _Sums(state.cusum)
     for model in models:
         baseline = baselines.get(int(model))
         if baseline is None:
             continue
         if len(models) == 1:
-            rows, sub = np.ones(len(devices), dtype=bool), window
+            rows, sub = slice(None), window
         else:
             rows = model_ids == model
             sub = {k: np.asarray(v)[rows] for k, v in window.items()}
-        thresholds = {"input_mean": settings.device_h(baseline.score_bias_var), "input_var": settings.device_h(0.0)}
         keys = devices[rows]
-        # one look-up of the devices for every signal: rows `index` of the engine state's streams
-        state = replace(state, cusum=state.cusum.with_keys(keys))
-        index, _ = state.cusum.keys.positions(keys)
+        # one look-up of the devices for every signal: rows `index` of the CUSUM sums' streams
+        index = sums.index(keys)
         scores = device_scores(sub, baseline, settings, at)
-        for signal in scores.z:
-            full = stouffer_z.setdefault(signal, np.full(len(devices), np.nan))
-            full[rows] = scores.z[signal]
         for signal, zs in scores.z.items():
-            base = signal.rsplit("_", 1)[0] if signal in SEQUENTIAL else signal
-            minimum = settings.min_effect.get(base, 0.0)
-            if signal in SEQUENTIAL:
-                step = cusum_step(state.cusum.at(signal, index), zs, settings.cusum_delta, thresholds[base])
-                state = replace(state, cusum=state.cusum.put_at(signal, index, step.state))
-                significant = step.alarm
-                effect = step.run_mean if base == "input_mean" else np.where(step.alarm, scores.effect[signal], 0.0)
-                statistic = step.statistic
-                p = two_sided_p(step.run_mean * np.sqrt(np.maximum(step.state.run + step.alarm * 1, 1)))
-                bh = FalseDiscovery(np.where(np.isnan(zs), np.nan, p))
+            if len(models) == 1:
+                stouffer_z[signal] = zs
             else:
-                p = scores.p[signal]
-                bh = FalseDiscovery(p)
+                stouffer_z.setdefault(signal, np.full(len(devices), np.nan))[rows] = zs
+        # the six input signals' CUSUMs updated as one (signals, devices) array
+        sequential = [signal for signal in scores.z if signal in SEQUENTIAL]
+        thresholds = {"input_mean": settings.device_h(baseline.score_bias_var), "input_var": settings.device_h(0.0)}
+        h = np.array([[thresholds[_base(signal)]] for signal in sequential])
+        z = np.stack([scores.z[signal] for signal in sequential])
+        step = cusum_step(sums.take(sequential, index), z, settings.cusum_delta, h)
+        sums.store(sequential, index, step.state)
+        for signal, zs in scores.z.items():
+            minimum = settings.min_effect.get(_base(signal), 0.0)
+            if signal in SEQUENTIAL:
+                j = sequential.index(signal)
+                significant, statistic, run_mean = step.alarm[j], step.statistic[j], step.run_mean[j]
+                effect = np.where(significant, scores.effect[signal], 0.0) if _base(signal) == "input_var" else run_mean
+                bh = None  # the CUSUM's p-values only matter to the streams reported: made when there are some
+            else:
+                bh = FalseDiscovery(scores.p[signal])
                 effect, statistic = scores.effect[signal], zs
-                now = bh.rejects(settings.q_max) & (np.abs(np.nan_to_num(effect)) >= minimum)
-                before = _among(state.cusum.keys, index, state.hot_devices(signal))
+                now = _big_enough(bh.rejects(settings.q_max), effect, minimum)
+                before = _among(sums.keys, index, state.hot_devices(signal))
                 hot_now |= {(signal, d) for d in keys[now].tolist()}
                 significant = now & before
             severity = _severity(significant, effect, minimum, settings.critical_factor)
             flagged = severity > 0
-            alarms[np.flatnonzero(rows)[flagged]] = True
-            reported = flagged | _among(state.cusum.keys, index, state.open_keys("device", signal))
+            alarms[rows] |= flagged
+            reported = np.flatnonzero(flagged | _among(sums.keys, index, state.open_keys("device", signal)))
+            if not len(reported):
+                continue
+            if bh is None:
+                p = two_sided_p(run_mean * np.sqrt(np.maximum(step.state.run[j] + significant, 1)))
+                bh = FalseDiscovery(np.where(np.isnan(zs), np.nan, p))
+            else:
+                p = bh.p
             q = np.full(len(keys), np.nan)
             q[reported] = bh.q(bh.p[reported])
-            findings += _device_findings(
+            findings += _findings(
+                "device",
                 keys,
+                reported,
                 signal,
-                severity,
-                statistic,
-                p,
-                q,
-                effect,
+                (severity, statistic, p, q, effect),
                 scores.effect_name[signal],
-                baseline.version,
                 at,
                 window_s,
+                baseline.version,
                 int(model),
-                reported,
             )
-    used = [baselines[int(m)].score_error_var for m in set(model_ids.tolist()) if int(m) in baselines]
-    group_findings, state = _group_findings(
-        cohorts, devices, stouffer_z, alarms, state, settings, max(used, default=0.0), at, window_s
+    used = [baselines[int(m)].score_error_var for m in models if int(m) in baselines]
+    findings += _group_findings(
+        cohorts, stouffer_z, alarms, sums, state.open, settings, max(used, default=0.0), at, window_s
     )
-    findings += group_findings
-    evaluated = {f.identity for f in findings}
+    identities = [f.identity for f in findings]
+    evaluated = set(identities)
     still_open = {i for i in state.open if i not in evaluated}
-    open_now = frozenset(still_open | {f.identity for f in findings if f.severity != "ok"})
-    return findings, replace(state, open=open_now, hot=frozenset(hot_now))
+    open_now = frozenset(still_open | {i for i, f in zip(identities, findings, strict=True) if f.severity != "ok"})
+    return findings, replace(state, cusum=sums.table(), open=open_now, hot=frozenset(hot_now))
+
+
+def _base(signal: str) -> str:
+    """The signal's name without its channel (`input_mean_0` -> `input_mean`) for the input signals."""
+    return signal.rsplit("_", 1)[0] if signal in SEQUENTIAL else signal
 
 
 def _among(streams: KeyIndex, index: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -413,140 +498,134 @@ def _among(streams: KeyIndex, index: np.ndarray, keys: np.ndarray) -> np.ndarray
     return member[index]
 
 
-def _device_findings(
-    devices: np.ndarray,
+def _findings(
+    scope: str,
+    keys: np.ndarray,
+    rows: np.ndarray,
     signal: str,
-    severity: np.ndarray,
-    statistic: np.ndarray,
-    p: np.ndarray,
-    q: np.ndarray,
-    effect: np.ndarray,
+    values: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     effect_name: str,
-    version: str,
     at: int,
     window_s: int,
-    model_id: int,
-    reported: np.ndarray,
+    version: str = "",
+    model_id: int | None = None,
 ) -> list[Finding]:
-    """Findings for the `reported` devices: those that alarm, and "ok" for those whose open finding cleared."""
-    out = []
-    for i in np.flatnonzero(reported):
-        out.append(
-            Finding(
-                scope="device",
-                key=str(devices[i]),
-                signal=signal,
-                statistic=_num(statistic[i]),
-                p=_num(p[i], 1.0),
-                q=_num(q[i], 1.0),
-                effect=_num(effect[i]),
-                effect_name=effect_name,
-                severity=SEVERITIES[severity[i]],
-                baseline_version=version,
-                window_start=at - window_s,
-                window_end=at,
-                model_id=model_id,
-            )
+    """Findings of `signal` for the streams at `rows` of `keys`, from their (severity, statistic, p, q,
+    effect); in scope "cohort", the fleet's finding has scope "fleet"."""
+    severity, statistic, p, q, effect = (np.asarray(v)[rows].tolist() for v in values)
+    return [
+        Finding(
+            scope="fleet" if scope == "cohort" and key == "fleet" else scope,
+            key=str(key),
+            signal=signal,
+            statistic=_num(stat),
+            p=_num(p_value, 1.0),
+            q=_num(q_value, 1.0),
+            effect=_num(size),
+            effect_name=effect_name,
+            severity=SEVERITIES[level],
+            baseline_version=version,
+            window_start=at - window_s,
+            window_end=at,
+            model_id=model_id,
         )
-    return out
+        for key, level, stat, p_value, q_value, size in zip(
+            keys[rows].tolist(), severity, statistic, p, q, effect, strict=True
+        )
+    ]
 
 
-def _stouffer(masks: np.ndarray, members: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(Stouffer Z = sum z / sqrt(m) over each cohort's devices with a score, m). `masks` is the (cohorts,
-    devices) membership, `members` the same as floats (made once for every signal)."""
-    valid = np.isfinite(z)
-    m = (masks & valid).sum(axis=1)
-    total = members @ np.where(valid, z, 0.0)
+def _stouffer(members: np.ndarray, z: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(Stouffer Z = sum z / sqrt(m) over each cohort's devices with a score, m), shaped (signals, cohorts):
+    `members` is the (cohorts, devices) membership as floats, `z` each signal's device scores. The sums
+    and the counts (exact: sums of ones) are one matrix product for all signals: on a busy machine, each
+    BLAS call pays for handing its work to its threads."""
+    signals = len(z)
+    both = np.empty((2 * signals, members.shape[1]))
+    scores, valid = both[:signals], both[signals:]
+    for row, zs in zip(scores, z, strict=True):
+        row[:] = zs
+    finite = np.isfinite(scores)
+    valid[:] = finite
+    scores[~finite] = 0.0
+    sums = both @ members.T
+    total, m = sums[:signals], sums[signals:].astype(np.int64)
     return np.where(m > 0, total / np.sqrt(np.maximum(m, 1)), np.nan), m
 
 
 def _group_findings(
     cohorts: Mapping[str, np.ndarray],
-    devices: np.ndarray,
     z: Mapping[str, np.ndarray],
     alarms: np.ndarray,
-    state: EngineState,
+    sums: _Sums,
+    was_open: frozenset[tuple[str, str, str]],
     settings: DriftSettings,
     error_var: float,
     at: int,
     window_s: int,
-) -> tuple[list[Finding], EngineState]:
+) -> list[Finding]:
     """Cohort and fleet findings: pooled (Stouffer) evidence per signal (a CUSUM for the input signals, its
     threshold for the fitted profiles' error `error_var` in the input-mean scores) and device alarms vs
     binomial."""
     keys = np.array(list(cohorts), dtype=object)
     if not len(keys):
-        return [], state
-    was_open = state.open
+        return []
     masks = np.stack([cohorts[k] for k in keys.tolist()])
-    members = masks.astype(float)
+    signals = list(z)
+    combined, m = _stouffer(masks.astype(float), [z[s] for s in signals])
+    mean_z = np.where(m > 0, combined / np.sqrt(np.maximum(m, 1)), np.nan)
+    # the input signals' cohort CUSUMs as one (signals, cohorts) array
+    sequential = [j for j, signal in enumerate(signals) if signal in SEQUENTIAL]
+    names = [signals[j] for j in sequential]
+    h = np.array([[settings.cohort_h(error_var if _base(s) == "input_mean" else 0.0)] for s in names])
+    index = sums.index(keys)
+    step = cusum_step(sums.take(names, index), combined[sequential], settings.cohort_delta, h)
+    sums.store(names, index, step.state)
     out: list[Finding] = []
-    for signal, zs in z.items():
-        combined, m = _stouffer(masks, members, zs)
-        mean_z = np.where(m > 0, combined / np.sqrt(np.maximum(m, 1)), np.nan)
+    for signal, zs, size, count in zip(signals, combined, mean_z, m, strict=True):
         if signal in SEQUENTIAL:
-            h = settings.cohort_h(error_var if signal.startswith("input_mean") else 0.0)
-            step = cusum_step(state.sums(signal, keys), combined, settings.cohort_delta, h)
-            state = state.with_sums(signal, keys, step.state)
-            p = two_sided_p(combined)
-            significant, statistic, minimum = step.alarm, step.statistic, settings.cohort_min_shift
-            effect = np.where(m > 0, step.run_mean / np.sqrt(np.maximum(m, 1)), np.nan)
+            j = names.index(signal)
+            p = two_sided_p(zs)
+            significant, statistic, minimum = step.alarm[j], step.statistic[j], settings.cohort_min_shift
+            effect = np.where(count > 0, step.run_mean[j] / np.sqrt(np.maximum(count, 1)), np.nan)
         else:
-            p = one_sided_p(combined)
-            significant, statistic = np.nan_to_num(bh_qvalues(p), nan=1.0) <= settings.q_max, combined
-            effect, minimum = mean_z, settings.cohort_min_effect
+            p = one_sided_p(zs)
+            significant, statistic = np.nan_to_num(bh_qvalues(p), nan=1.0) <= settings.q_max, zs
+            effect, minimum = size, settings.cohort_min_effect
         q = bh_qvalues(p)
         severity = _severity(significant, effect, minimum, settings.critical_factor)
-        out += _scoped(keys, signal, severity, statistic, p, q, effect, "mean_z", at, window_s, was_open)
-    alpha = 1.0 / settings.arl0_windows + settings.q_max / max(len(devices), 1)
+        out += _scoped(keys, signal, (severity, statistic, p, q, effect), "mean_z", at, window_s, was_open)
+    alpha = 1.0 / settings.arl0_windows + settings.q_max / max(len(alarms), 1)
     x = (masks & alarms).sum(axis=1)
     total = masks.sum(axis=1)
     p = binomial_tail(x, total, min(alpha, 1.0))
     q = bh_qvalues(p)
     share = np.where(total > 0, x / np.maximum(total, 1), 0.0)
     severity = _severity(q <= settings.q_max, share, 0.05, 4.0)
-    out += _scoped(
-        keys, "device_alarms", severity, x.astype(float), p, q, share, "share_of_devices", at, window_s, was_open
-    )
-    return out, state
+    values = (severity, x.astype(float), p, q, share)
+    out += _scoped(keys, "device_alarms", values, "share_of_devices", at, window_s, was_open)
+    return out
 
 
 def _scoped(
     keys: np.ndarray,
     signal: str,
-    severity: np.ndarray,
-    statistic: np.ndarray,
-    p: np.ndarray,
-    q: np.ndarray,
-    effect: np.ndarray,
+    values: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     effect_name: str,
     at: int,
     window_s: int,
     was_open: frozenset[tuple[str, str, str]],
 ) -> list[Finding]:
-    out = []
-    for i, key in enumerate(keys.tolist()):
-        scope = "fleet" if key == "fleet" else "cohort"
-        if severity[i] == 0 and (scope, key, signal) not in was_open:
-            continue
-        out.append(
-            Finding(
-                scope=scope,
-                key=key,
-                signal=signal,
-                statistic=_num(statistic[i]),
-                p=_num(p[i], 1.0),
-                q=_num(q[i], 1.0),
-                effect=_num(effect[i]),
-                effect_name=effect_name,
-                severity=SEVERITIES[severity[i]],
-                baseline_version="",
-                window_start=at - window_s,
-                window_end=at,
-            )
-        )
-    return out
+    """Cohort and fleet findings of `signal`: those with a severity, and "ok" for those whose open finding
+    cleared."""
+    severity = values[0]
+    rows = [
+        i
+        for i, key in enumerate(keys.tolist())
+        if severity[i] or ("fleet" if key == "fleet" else "cohort", key, signal) in was_open
+    ]
+    return _findings("cohort", keys, np.array(rows, dtype=np.intp), signal, values, effect_name, at, window_s)
 
 
 def _num(value: float, default: float = 0.0) -> float:
-    return default if value is None or not np.isfinite(value) else float(value)
+    return value if math.isfinite(value) else default

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -48,7 +49,8 @@ class FalseDiscovery:
     `q` gives the q-value of any p-value of the family (`bh_qvalues`' formula) and `rejects` the tests
     with q <= a level. q is a non-decreasing function of p (tied p-values share one), so neither needs
     the order of the tests: for a whole fleet, sorting the values is an order of magnitude faster than
-    sorting their indices, and only the few tests reported need their q-value.
+    sorting their indices. The values are sorted when a q-value is first asked for (a fleet's signal
+    usually reports no device); `rejects` sorts only the p-values up to its level.
 
     >>> bh = FalseDiscovery([0.01, 0.04, 0.03, 0.5, np.nan])
     >>> bh.q([0.03, np.nan]).round(3).tolist(), bh.rejects(0.05).tolist()
@@ -57,24 +59,43 @@ class FalseDiscovery:
 
     def __init__(self, p: ArrayLike) -> None:
         self.p = np.asarray(p, dtype=float)
-        ranked = np.sort(self.p)  # NaN last
-        m = int(np.count_nonzero(~np.isnan(ranked)))
-        rank = np.arange(1, m + 1)
-        self._ranked = ranked[:m]
-        self._q = np.minimum(np.minimum.accumulate((self._ranked * m / rank)[::-1])[::-1], 1.0)
 
     def q(self, p: ArrayLike) -> np.ndarray:
         """The q-values of p-values of this family (NaN for NaN)."""
         p = np.asarray(p, dtype=float)
-        if not len(self._q):
+        if not p.size:
             return np.full(p.shape, np.nan)
-        at = np.minimum(np.searchsorted(self._ranked, p), len(self._q) - 1)
-        return np.where(np.isnan(p), np.nan, self._q[at])
+        ranked, q = self._ranked
+        if not len(q):
+            return np.full(p.shape, np.nan)
+        at = np.minimum(np.searchsorted(ranked, p), len(q) - 1)
+        return np.where(np.isnan(p), np.nan, q[at])
 
     def rejects(self, level: float) -> np.ndarray:
-        """Which tests of the family have q <= `level` (never an untested one)."""
-        passed = np.searchsorted(self._q, level, side="right")
-        return self.p <= self._ranked[passed - 1] if passed else np.zeros(self.p.shape, dtype=bool)
+        """Which tests of the family have q <= `level` (never an untested one).
+
+        q_(i) <= level needs m p_(j) / j <= level for some j >= i, and m / j >= 1: only p-values up to the
+        level (and a rounding margin) take part, so only those are sorted."""
+        tested = ~np.isnan(self.p)
+        if level >= 1:
+            return tested
+        m = int(np.count_nonzero(tested))
+        candidates = np.sort(self.p[self.p <= level * (1 + 1e-9)])
+        passed = np.count_nonzero(_step_up(candidates, m) <= level)
+        return self.p <= candidates[passed - 1] if passed else np.zeros(self.p.shape, dtype=bool)
+
+    @cached_property
+    def _ranked(self) -> tuple[np.ndarray, np.ndarray]:
+        """(the family's p-values sorted, NaN left out; their q-values)."""
+        ranked = np.sort(self.p, axis=None)  # NaN last
+        ranked = ranked[: np.searchsorted(ranked, np.nan)]
+        return ranked, _step_up(ranked, len(ranked))
+
+
+def _step_up(ranked: np.ndarray, m: int) -> np.ndarray:
+    """min(1, min over j >= i of m p_(j) / j) for the smallest p-values `ranked` (sorted) of a family of m."""
+    scaled = ranked * m / np.arange(1, len(ranked) + 1)
+    return np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
 
 
 def holm(p: ArrayLike, axis: int = -1) -> np.ndarray:

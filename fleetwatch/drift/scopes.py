@@ -60,8 +60,13 @@ def cohort_masks(
     masks: dict[str, np.ndarray] = {"fleet": np.ones(len(devices), dtype=bool)}
     for tag in ("fw_version", "model_id"):
         values = as_keys(window[tag])
-        for value in sorted(set(values.tolist())):
-            masks[f"{tag}={value}"] = values == value
+        distinct = sorted(set(values.tolist()))
+        others = np.zeros(len(values), dtype=bool)
+        for value in distinct[:-1]:
+            masks[f"{tag}={value}"] = mask = values == value
+            others |= mask
+        for value in distinct[-1:]:  # the devices with none of the other values: often all (one firmware)
+            masks[f"{tag}={value}"] = ~others
     if inventory:
         index = inventory if isinstance(inventory, InventoryIndex) else InventoryIndex(inventory)
         masks.update(index.masks(devices))

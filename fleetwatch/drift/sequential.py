@@ -38,7 +38,9 @@ A score of NaN (the device sent nothing, or was idle) leaves that stream's state
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -52,8 +54,10 @@ def _one_sided_arl(h: float, drift: float) -> float:
     b = h + SIEGMUND_CORRECTION
     if abs(drift) < 1e-12:
         return b * b
-    with np.errstate(over="ignore"):  # a far negative drift: the ARL is infinite, its rate 0
-        return float((np.exp(-2 * drift * b) + 2 * drift * b - 1) / (2 * drift * drift))
+    try:
+        return (math.exp(-2 * drift * b) + 2 * drift * b - 1) / (2 * drift * drift)
+    except OverflowError:  # a far negative drift: the ARL is infinite, its rate 0
+        return math.inf
 
 
 def average_run_length(h: float, delta: float, shift: float = 0.0) -> float:
@@ -62,7 +66,7 @@ def average_run_length(h: float, delta: float, shift: float = 0.0) -> float:
     >>> round(average_run_length(8.92, 1.0))
     23993
     """
-    return float(1.0 / _two_sided_rate(h, delta, shift))
+    return 1.0 / _two_sided_rate(h, delta, shift)
 
 
 def _two_sided_rate(h: float, delta: float, shift: float) -> float:
@@ -79,12 +83,13 @@ def false_alarm_rate(h: float, delta: float, bias_var: float = 0.0) -> float:
     if bias_var < 0:
         raise ValueError("bias_var must be >= 0")
     if bias_var == 0:
-        return float(_two_sided_rate(h, delta, 0.0))
-    sd = np.sqrt(bias_var)
+        return _two_sided_rate(h, delta, 0.0)
+    sd = math.sqrt(bias_var)
+    scale = sd * math.sqrt(2 * math.pi)
     from scipy import integrate  # see threshold
 
     def density(d: float) -> float:
-        return float(_two_sided_rate(h, delta, d)) * np.exp(-0.5 * (d / sd) ** 2) / (sd * np.sqrt(2 * np.pi))
+        return _two_sided_rate(h, delta, d) * math.exp(-0.5 * (d / sd) ** 2) / scale
 
     return float(integrate.quad(density, -12 * sd, 12 * sd, epsabs=0.0, epsrel=1e-12, limit=200)[0])
 
@@ -98,16 +103,26 @@ def threshold(arl0: float, delta: float, bias_var: float = 0.0) -> float:
     """
     if delta <= 0:
         raise ValueError("delta must be positive")
-    if arl0 * false_alarm_rate(0.0, delta, bias_var) <= 1:
+
+    @cache  # brentq asks again for the ends of the bracket
+    def excess(h: float) -> float:
+        return math.log(arl0 * false_alarm_rate(h, delta, bias_var))
+
+    if excess(0.0) <= 0:
         raise ValueError(f"arl0 must exceed {1 / false_alarm_rate(0.0, delta, bias_var):.3g} windows (h = 0)")
-    upper = 1.0
-    while arl0 * false_alarm_rate(upper, delta, bias_var) > 1:
-        upper *= 2
+    # With a bias, each rate is a quadrature: the search starts from the h without the bias, which the bias
+    # raises (1 / ARL is convex in it), and steps of doubling length (log(rate) falls by about delta per unit
+    # of h) bracket the root for brentq.
+    lower = 0.0
+    if bias_var > 0 and arl0 * false_alarm_rate(0.0, delta) > 1:
+        guess = threshold(arl0, delta)
+        lower = guess if excess(guess) > 0 else 0.0
+    step = 2.0 / delta
+    while excess(lower + step) > 0:
+        lower, step = lower + step, 2 * step
     from scipy.optimize import brentq  # here: scipy.optimize is large in memory, and the daemon imports this module
 
-    return float(
-        brentq(lambda h: np.log(arl0 * false_alarm_rate(h, delta, bias_var)), 0.0, upper, xtol=1e-12, rtol=1e-14)
-    )
+    return float(brentq(excess, lower, lower + step, xtol=1e-12, rtol=1e-14))
 
 
 def detection_delay(h: float, delta: float, shift: float) -> float:
@@ -155,23 +170,39 @@ class CusumStep:
     run_mean: np.ndarray
 
 
-def cusum_step(state: CusumState, z: ArrayLike, delta: float, h: float) -> CusumStep:
-    """Feed one window of scores (same shape as the state; NaN = no data, state kept) to every stream."""
+def cusum_step(state: CusumState, z: ArrayLike, delta: float, h: ArrayLike) -> CusumStep:
+    """Feed one window of scores (same shape as the state; NaN = no data, state kept) to every stream. `h`
+    may be an array that broadcasts against the scores (one threshold per column of several signals)."""
     k = delta / 2
     z = np.asarray(z, dtype=float)
-    seen = ~np.isnan(z)
-    score = np.where(seen, z, 0.0)
-    upper = np.where(seen, np.maximum(0.0, state.upper + score - k), state.upper)
-    lower = np.where(seen, np.maximum(0.0, state.lower - score - k), state.lower)
-    active = (upper > 0) | (lower > 0)
-    run = np.where(seen, np.where(active, state.run + 1, 0), state.run)
+    # in place where possible: a fleet's arrays are large, and each pass over them costs more than its arithmetic
+    upper = state.upper + z
+    upper -= k
+    np.maximum(0.0, upper, out=upper)
+    lower = state.lower - z
+    lower -= k
+    np.maximum(0.0, lower, out=lower)
+    active = upper > 0
+    active |= lower > 0
+    run = state.run + 1
+    run *= active
+    unseen = np.isnan(z)
+    if unseen.any():
+        np.copyto(upper, state.upper, where=unseen)
+        np.copyto(lower, state.lower, where=unseen)
+        np.copyto(run, state.run, where=unseen)
     statistic = np.maximum(upper, lower)
-    side = np.where(upper >= lower, 1, -1)
-    length = np.maximum(run, 1)
-    run_mean = np.where(run > 0, np.where(side > 0, upper / length + k, -(lower / length + k)), 0.0)
+    side = (upper >= lower).astype(np.int64)
+    side *= 2
+    side -= 1
+    # the larger sum is the statistic: S+ / run + k up, -(S- / run + k) down, 0 before a run (sums are >= 0)
+    run_mean = statistic / np.maximum(run, 1)
+    run_mean += k
+    run_mean *= side * (run > 0)
     alarm = statistic > h
-    new = CusumState(np.where(alarm, 0.0, upper), np.where(alarm, 0.0, lower), np.where(alarm, 0, run))
-    return CusumStep(new, alarm, statistic, side, run_mean)
+    for values in (upper, lower, run):
+        np.copyto(values, 0, where=alarm)
+    return CusumStep(CusumState(upper, lower, run), alarm, statistic, side, run_mean)
 
 
 @dataclass(frozen=True)
