@@ -193,12 +193,18 @@ class EmbeddedStore:
         return self._read(measurement, start, end, columns, where, few=())
 
     def read_frames(
-        self, start: int, end: int, *, schema: Schema, devices: Sequence[str] | None = None
+        self,
+        start: int,
+        end: int,
+        *,
+        schema: Schema,
+        devices: Sequence[str] | None = None,
+        columns: Sequence[str] | None = None,
     ) -> dict[str, np.ndarray]:
         """Telemetry of one schema as columns (`sinks.model.frame_kinds`), sorted by (device, time)."""
-        columns, where = frame_query(schema, devices)
-        table = self._read(TELEMETRY, start, end, columns, where, few=FEW_VALUED_TAGS)
-        return frames_from_table(table, schema)
+        fields, where = frame_query(schema, devices, columns)
+        table = self._read(TELEMETRY, start, end, fields, where, few=FEW_VALUED_TAGS)
+        return frames_from_table(table, schema, columns)
 
     def _read(
         self,
