@@ -5,10 +5,10 @@ Setup (not timed): a simulated fleet (`FleetSpec`, hourly windows) is encoded to
 with `write_frames` to a fresh embedded store (DuckDB) in a temporary directory under /tmp: one reference day,
 then `--windows` evaluated windows. The baseline is fitted from the reference day as read back from the store.
 
-Timed, window by window as `DriftRunner.check` does it: `read_frames` of the window, `cohort_masks` (site
-from the inventory, fw_version, model_id, fleet) and `evaluate` (default `DriftSettings`), carrying the engine
-state from one window to the next. The inventory is indexed once before (`InventoryIndex`), as the runner
-does when it starts.
+Timed, window by window as `DriftRunner.check` does it: `read_frames` of the window (the columns a drift
+check reads, `drift_columns`), `cohort_masks` (site from the inventory, fw_version, model_id, fleet) and
+`evaluate` (default `DriftSettings`), carrying the engine state from one window to the next. The inventory
+is indexed once before (`InventoryIndex`), as the runner does when it starts.
 
 The baseline: a per-device Python loop calling scipy for each test the engine runs (two-sided z and CUSUM
 update for the 3 input means and 3 log variances, G-test via `scipy.stats.power_divergence` and `chi2.sf`
@@ -39,6 +39,7 @@ from scipy import stats
 from fleetwatch.baselines import Baseline, fit_reference
 from fleetwatch.baselines.model import DAY_S
 from fleetwatch.drift.engine import CHANNELS, DriftSettings, EngineState, evaluate
+from fleetwatch.drift.runner import drift_columns
 from fleetwatch.drift.scopes import InventoryIndex, cohort_masks
 from fleetwatch.frames import Registry, decode_buffer
 from fleetwatch.simulate import FleetSimulator, FleetSpec, inventory_csv
@@ -78,7 +79,7 @@ def cycle(
     alerts: Counter[str] = Counter()
     for at in ends:
         started = time.perf_counter()
-        window = store.read_frames(at - window_s, at, schema=SCHEMA)
+        window = store.read_frames(at - window_s, at, schema=SCHEMA, columns=drift_columns(SCHEMA))
         read = time.perf_counter()
         cohorts = cohort_masks(window, inventory)
         masked = time.perf_counter()

@@ -94,6 +94,23 @@ def check_rewrite_overwrites(store: Store) -> None:
     assert only["time"].tolist() == [1_795_000_000, 1_795_003_600]
 
 
+def check_read_frames_columns(store: Store) -> None:
+    """`columns` reads time, the three tags and only the columns named, in the order of the whole read and
+    as it has them; a name that is not a column of the schema is the caller's mistake."""
+    assert store.write_frames(fleet_batch(devices=3, windows=2)) == 6
+    whole = store.read_frames(0, 2**32, schema=SCHEMA)
+    some = store.read_frames(0, 2**32, schema=SCHEMA, columns=["input_mean_1", "seq"])
+    assert list(some) == ["time", "device", "fw_version", "model_id", "seq", "input_mean_1"]
+    assert some["seq"].tolist() == [0, 1, 0, 1, 0, 1]
+    for name, values in some.items():
+        assert values.dtype == whole[name].dtype and values.tolist() == whole[name].tolist(), name
+    bare = store.read_frames(0, 2**32, schema=SCHEMA, columns=[])
+    assert list(bare) == ["time", "device", "fw_version", "model_id"]
+    assert bare["device"].tolist() == ["dev-0", "dev-0", "dev-1", "dev-1", "dev-2", "dev-2"]
+    with pytest.raises(ValueError, match="no columns"):
+        store.read_frames(0, 2**32, schema=SCHEMA, columns=["seq", "no_such_field"])
+
+
 def check_where_with_awkward_tags(store: Store) -> None:
     """Tag values with quotes, separators, backslashes and unicode round-trip and filter exactly."""
     n = len(AWKWARD_TAGS)

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pytest
 import store_contract as contract
@@ -15,7 +16,7 @@ import store_contract as contract
 from fleetwatch.frames import Registry, decode_messages, encode_frames
 from fleetwatch.frames.schema import parse_schema
 from fleetwatch.sinks import SinkUnavailable, StoreLocked, open_store
-from fleetwatch.sinks.embedded import EmbeddedStore
+from fleetwatch.sinks.embedded import DB_FILE, EmbeddedStore
 
 
 @pytest.fixture
@@ -41,6 +42,10 @@ def test_clockless_frames_get_the_estimated_time(store: EmbeddedStore) -> None:
 
 def test_a_rewritten_frame_overwrites_itself(store: EmbeddedStore) -> None:
     contract.check_rewrite_overwrites(store)
+
+
+def test_read_frames_of_some_columns(store: EmbeddedStore) -> None:
+    contract.check_read_frames_columns(store)
 
 
 def test_where_on_tag_values_that_need_quoting(store: EmbeddedStore) -> None:
@@ -111,6 +116,114 @@ def test_a_new_schema_adds_its_columns_and_reads_stay_per_schema(store: Embedded
     assert nine["peaks_1"].tolist() == [5] and nine["peaks_1"].dtype == np.int64
     one = store.read_frames(0, 2**32, schema=contract.SCHEMA)
     assert one["device"].tolist() == ["dev-0", "dev-1"] and "rms" not in one
+
+
+#: Device ids whose order differs between byte-wise, case-insensitive and naive orders.
+ODD_DEVICES = ["dev-10", "dev-9", "Dev-1", "dev-1", "ünï", "zz", "z", "\U0001f600", "\uffef", "a b", "a"]
+
+
+def _rows(columns: dict[str, np.ndarray], *names: str) -> list[tuple]:
+    return list(zip(*(columns[n].tolist() for n in names), strict=True))
+
+
+def test_rows_written_in_any_order_come_back_sorted_by_device_then_time(store: EmbeddedStore) -> None:
+    """Rows are stored in the order they arrive and sorted when read: by device id (code point order, as
+    Python sorts str), then time; re-sent frames keep their place."""
+    rng = np.random.default_rng(7)
+    written = []
+    for window in rng.permutation(4):
+        order = rng.permutation(len(ODD_DEVICES))
+        devices = [ODD_DEVICES[i] for i in order]
+        start = 1_795_000_000 + 3600 * int(window)
+        rows = encode_frames(
+            contract.SCHEMA,
+            {
+                "window_start": [start] * len(devices),
+                "window_s": [3600] * len(devices),
+                "seq": order,
+                "latency_p95_ms": [9] * len(devices),
+            },
+        )
+        batch = contract.decode([r.tobytes() for r in rows], devices, [start + 4000] * len(devices))
+        store.write_frames(batch)
+        if window == 2:
+            store.write_frames(batch)  # re-sent: the upsert keeps one row per frame
+        written += [(d, start, int(q)) for d, q in zip(devices, order, strict=True)]
+    got = store.read_frames(0, 2**32, schema=contract.SCHEMA)
+    assert _rows(got, "device", "time", "seq") == sorted(written)
+    assert got["seq"].dtype == np.int64 and got["latency_p95_ms"].tolist() == [9.0] * len(written)
+    some = store.read_frames(0, 2**32, schema=contract.SCHEMA, devices=ODD_DEVICES[::3])
+    assert _rows(some, "device", "time") == sorted((d, t) for d, t, _ in written if d in ODD_DEVICES[::3])
+    table = store.read_table("telemetry", 0, 2**32)
+    assert not [name for name in table if name.startswith("_")]
+    assert _rows(table, "device", "time") == sorted((d, t) for d, t, _ in written)
+
+
+def test_devices_first_written_after_a_read_come_back_in_order(url: str, store: EmbeddedStore) -> None:
+    """A reader knows the device ids it has read; ids written later, sorting between them, are read right,
+    through this store and through a read-only handle of the same database."""
+    times = np.array([10, 10], dtype=np.int64)
+    tags = {"device": np.array(["b", "d"]), "other": np.array(["", ""])}
+    store.write_table("band", times, tags, {"x": np.array([1.0, 2.0])})
+    reader = open_store(url, read_only=True)
+    for handle in (store, reader):
+        assert handle.read_table("band", 0, 100)["device"].tolist() == ["b", "d"]
+    store.write_table("band", times + 1, {"device": np.array(["c", "a"])}, {"x": np.array([3.0, 4.0])})
+    # a point without a device: "" (the tag's default), which sorts first
+    store.write_table("band", np.array([12]), {"other": np.array(["o"])}, {"x": np.array([5.0])})
+    for handle in (store, reader):
+        got = handle.read_table("band", 0, 100)
+        assert _rows(got, "device", "time", "x") == [
+            ("", 12, 5.0),
+            ("a", 11, 4.0),
+            ("b", 10, 1.0),
+            ("c", 11, 3.0),
+            ("d", 10, 2.0),
+        ]
+        assert got["other"].tolist() == ["o", "", "", "", ""]
+    reader.close()
+
+
+def test_times_too_far_apart_for_one_sort_key_are_sorted_too(store: EmbeddedStore) -> None:
+    store.write_table(
+        "far",
+        np.array([2**62, 0, 5, 2**62 + 1], dtype=np.int64),
+        {"device": np.array(["b", "b", "a", "a"])},
+        {"x": np.arange(4.0)},
+    )
+    got = store.read_table("far", 0, 2**63 - 1)
+    assert _rows(got, "device", "time", "x") == [("a", 5, 2.0), ("a", 2**62 + 1, 3.0), ("b", 0, 1.0), ("b", 2**62, 0.0)]
+
+
+def test_a_store_written_before_devices_had_codes_is_read_then_upgraded(url: str, tmp_path: Path) -> None:
+    """A file in the earlier layout (no device codes) reads the same, read-only too; the store's first write
+    to the table codes its rows."""
+    first = open_store(url)
+    first.write_frames(contract.fleet_batch(devices=3, windows=2))
+    first.close()
+    path = tmp_path / "store" / DB_FILE
+    old = duckdb.connect(str(path))
+    old.execute('ALTER TABLE telemetry DROP COLUMN "_device_code"')
+    old.execute("DROP TABLE _devices")
+    old.execute("DROP SEQUENCE _device_code_sequence")
+    old.close()
+    expected = [(f"dev-{d}", 1_795_000_000 + 3600 * w) for d in range(3) for w in range(2)]
+    reader = open_store(url, read_only=True)
+    assert _rows(reader.read_frames(0, 2**32, schema=contract.SCHEMA), "device", "time") == expected
+    reader.close()
+    store = open_store(url)
+    assert _rows(store.read_frames(0, 2**32, schema=contract.SCHEMA), "device", "time") == expected
+    store.write_frames(contract.fleet_batch(devices=5, windows=1, start=1_795_100_000))
+    got = store.read_frames(0, 2**32, schema=contract.SCHEMA)
+    assert _rows(got, "device", "time") == sorted([*expected, *((f"dev-{d}", 1_795_100_000) for d in range(5))])
+    store.close()
+    upgraded = duckdb.connect(str(path), read_only=True)
+    coded = upgraded.execute(
+        "SELECT count(*), count(DISTINCT code) FROM telemetry JOIN _devices d ON d.code = telemetry._device_code "
+        "WHERE d.device = telemetry.device"
+    ).fetchone()
+    assert coded == (11, 5)
+    upgraded.close()
 
 
 def test_readers_see_whole_batches_while_the_writer_writes(store: EmbeddedStore) -> None:

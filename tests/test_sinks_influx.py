@@ -45,6 +45,10 @@ def test_a_rewritten_frame_overwrites_itself(store: InfluxStore) -> None:
     contract.check_rewrite_overwrites(store)
 
 
+def test_read_frames_of_some_columns(store: InfluxStore) -> None:
+    contract.check_read_frames_columns(store)
+
+
 def test_where_on_tag_values_that_need_quoting(store: InfluxStore) -> None:
     contract.check_where_with_awkward_tags(store)
 

@@ -29,6 +29,23 @@ from fleetwatch.sinks.base import Store
 
 log = logging.getLogger(__name__)
 FINDINGS = "findings"
+#: The schema fields a drift check reads (`engine.evaluate` and `bands.band_columns`), by field name; the
+#: tags come with every read. The embedded store reads, converts and sorts every column it is asked for.
+DRIFT_FIELDS = (
+    "inference_count",
+    "anomaly_count",
+    "latency_p95",
+    "mem_peak_pct",
+    "input_mean",
+    "input_var",
+    "conf_hist",
+    "class_counts",
+)
+
+
+def drift_columns(schema: Schema) -> list[str]:
+    """The `Store.read_frames` columns of `schema` that a drift check reads (`DRIFT_FIELDS`)."""
+    return [name for field in schema.fields if field.name in DRIFT_FIELDS for name in field.column_names]
 
 
 @dataclass
@@ -56,7 +73,10 @@ class DriftRunner:
 
     def check(self, at: int, write: bool = True) -> list[Finding]:
         """Evaluate the window [at - window_s, at)."""
-        window = self._latest_per_device(self.store.read_frames(at - self.window_s, at, schema=self.schema))
+        columns = drift_columns(self.schema)
+        window = self._latest_per_device(
+            self.store.read_frames(at - self.window_s, at, schema=self.schema, columns=columns)
+        )
         if not len(window["device"]):
             return []
         baselines = self._baselines(np.unique(window["model_id"]).tolist())

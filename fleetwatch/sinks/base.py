@@ -78,9 +78,16 @@ class Store(Protocol):
         ...
 
     def read_frames(
-        self, start: int, end: int, *, schema: Schema, devices: Sequence[str] | None = None
+        self,
+        start: int,
+        end: int,
+        *,
+        schema: Schema,
+        devices: Sequence[str] | None = None,
+        columns: Sequence[str] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Telemetry of one schema as columns (see `sinks.model.frame_kinds` for names and types)."""
+        """Telemetry of one schema as columns (see `sinks.model.frame_kinds` for names and types); with
+        `columns`, time, device, fw_version, model_id and only the other columns named there."""
         ...
 
     def ping(self) -> None:

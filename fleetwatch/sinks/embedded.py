@@ -9,10 +9,25 @@ time) for `telemetry`, every tag of the first write for other measurements, whos
 — and a rewrite updates the row: the fields it carries are overwritten, the others kept (as InfluxDB
 merges a point written twice), so a re-sent frame overwrites itself.
 
-Writes scan the numpy columns directly (DuckDB's replacement scan of a dict of arrays; no pandas, no
-per-row Python). The common case, new points, is a plain INSERT; only when that meets an existing key
-(a re-sent frame) does the batch go in again as an upsert (INSERT ... ON CONFLICT DO UPDATE), deduplicated
-first (the last point of a key in the batch wins). The plain INSERT is about twice as fast as the upsert.
+Device codes: a table with a `device` tag also has `_device_code` INTEGER NOT NULL, the device's code in
+the dictionary `_devices` (code, device UNIQUE), one row per device id ever written, its codes from the
+sequence `_device_code_sequence` and never reused. Names that start with "_" are the store's own: no
+measurement, tag or field name can (`check_name`), and reads never return them. A table written before
+the store coded devices (an earlier version) is read as it was, sorted by DuckDB, until the store's first
+write to it codes its rows (one UPDATE of the table, in one transaction).
+
+Writes scan the numpy columns directly (DuckDB's replacement scan of a dict of arrays; no pandas; per row,
+only a dict look-up of the device's code). The common case, new points, is a plain INSERT; only when that
+meets an existing key (a re-sent frame) does the batch go in again as an upsert (INSERT ... ON CONFLICT DO
+UPDATE), deduplicated first (the last point of a key in the batch wins). The plain INSERT is about twice as
+fast as the upsert. A device's first write also adds it to `_devices`.
+
+Reads: one query in table order, numbers instead of strings where it can (the device's code; the few
+firmware versions, models and schemas as their position among the values read so far), then numpy sorts
+the rows by (the device id's place among all ids, time) and takes every column in that order. The ids and
+their places come from `_devices`, read again only when a row has a code this process has not seen. DuckDB
+sorting a window of whole rows by device id, and handing over every id as a new Python string, cost more
+than that (docs/benchmarks.md, the drift cycle).
 
 Threads: the store holds one DuckDB database per file and process. The writer (the pipeline) uses its own
 cursor under a write lock; every read opens a fresh cursor (a connection to the same database), so reads
@@ -40,6 +55,7 @@ import numpy as np
 from fleetwatch.frames import FrameBatch, Schema
 from fleetwatch.sinks.base import SinkRejected, SinkUnavailable, StoreLocked
 from fleetwatch.sinks.model import (
+    SORT_TAG,
     TELEMETRY,
     TIME,
     Kind,
@@ -60,16 +76,76 @@ _KIND: dict[str, Kind] = {sql: kind for kind, sql in _SQL_TYPE.items()}
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
 #: Telemetry tags with a few distinct values in any window (a fleet runs a few firmware versions and models).
 FEW_VALUED_TAGS = ("fw_version", "model_id", "schema")
+#: The dictionary of device ids (a code for every device id written), the sequence its codes come from, and
+#: the column with the device's code in every table with a device tag. The store's own names start with
+#: "_": no measurement, tag or field name can (`check_name`).
+DEVICES = "_devices"
+CODE_SEQUENCE = "_device_code_sequence"
+DEVICE_CODE = "_device_code"
 _UNAVAILABLE = (duckdb.IOException, duckdb.OutOfMemoryException, duckdb.ConnectionException, duckdb.FatalException)
 
 
 class _Table:
-    """What the store knows of one table: the kind of every column, its tags, its primary key."""
+    """What the store knows of one table: the kind of every column, its tags, its primary key, and whether
+    its rows carry their device's code (a table with a device tag written before the codes existed does
+    not, until the store writes to it)."""
 
-    def __init__(self, kinds: dict[str, Kind], tags: list[str], key: list[str]) -> None:
+    def __init__(self, kinds: dict[str, Kind], tags: list[str], key: list[str], device_codes: bool) -> None:
         self.kinds = kinds
         self.tags = tags
         self.key = key
+        self.device_codes = device_codes
+
+
+class _Devices:
+    """The store's dictionary of device ids (table `_devices`: code, device) as this process knows it.
+
+    The writer codes the device ids of every write, adding the new ones to the table; readers turn the
+    codes of the rows they read back into ids, and into each id's place among all ids in sorted order,
+    reading the table again when a code is new to them. Codes are never reused or changed.
+    """
+
+    def __init__(self) -> None:
+        #: the writer's: device id -> code, for the ids it has written
+        self._codes: dict[str, int] = {}
+        #: the readers': (device id by code, place of that id among all ids in sorted order by code), both
+        #: replaced at once; -1 for a code that no device has
+        self._known: tuple[np.ndarray, np.ndarray] = (np.empty(0, dtype=object), np.empty(0, dtype=np.int64))
+
+    def codes(self, cursor: duckdb.DuckDBPyConnection, devices: np.ndarray) -> np.ndarray:
+        """The code of each of `devices` (str); ids not in the table yet are added. Under the write lock."""
+        known = self._codes
+        codes = np.fromiter((known.get(d, -1) for d in devices.tolist()), dtype=np.int64, count=len(devices))
+        missing = codes < 0
+        if missing.any():
+            # Read by DuckDB's replacement scan, like the points of a write.
+            _fleetwatch_devices = {"device": np.unique(devices[missing].astype(str))}
+            cursor.execute(
+                f"INSERT INTO {DEVICES} SELECT nextval('{CODE_SEQUENCE}'), device FROM _fleetwatch_devices "
+                f"WHERE device NOT IN (SELECT device FROM {DEVICES})"
+            )
+            table = cursor.execute(
+                f"SELECT device, code FROM {DEVICES} WHERE device IN (SELECT device FROM _fleetwatch_devices)"
+            ).fetchnumpy()
+            known.update(zip(table["device"].tolist(), table["code"].tolist(), strict=True))
+            codes[missing] = [known[d] for d in devices[missing].tolist()]
+        return codes
+
+    def lookup(self, cursor: duckdb.DuckDBPyConnection, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(device id by code, place in sorted order by code) for every one of `codes`, read in `cursor`'s
+        transaction (the one that read the codes) when one of them is new."""
+        names, places = self._known
+        if len(codes) and (codes.max() >= len(places) or (places[codes] < 0).any()):
+            # in the order DuckDB sorts VARCHAR (UTF-8 bytes, that is code points)
+            table = cursor.execute(f"SELECT code, device FROM {DEVICES} ORDER BY device").fetchnumpy()
+            code = np.asarray(table["code"], dtype=np.int64)
+            size = int(code.max()) + 1 if len(code) else 0
+            names = np.full(size, None, dtype=object)
+            names[code] = table["device"]
+            places = np.full(size, -1, dtype=np.int64)
+            places[code] = np.arange(len(code))
+            self._known = (names, places)
+        return names, places
 
 
 class EmbeddedStore:
@@ -88,6 +164,7 @@ class EmbeddedStore:
         self._tables: dict[str, _Table] = {}
         #: (measurement, tag) -> the tag's values read so far, for the tags `_read` reads as numbers
         self._values: dict[tuple[str, str], np.ndarray] = {}
+        self._devices = _Devices()
 
     def write_frames(self, batch: FrameBatch) -> int:
         """One `telemetry` point per frame (upsert on device, schema, time); returns the number written."""
@@ -116,12 +193,18 @@ class EmbeddedStore:
         return self._read(measurement, start, end, columns, where, few=())
 
     def read_frames(
-        self, start: int, end: int, *, schema: Schema, devices: Sequence[str] | None = None
+        self,
+        start: int,
+        end: int,
+        *,
+        schema: Schema,
+        devices: Sequence[str] | None = None,
+        columns: Sequence[str] | None = None,
     ) -> dict[str, np.ndarray]:
         """Telemetry of one schema as columns (`sinks.model.frame_kinds`), sorted by (device, time)."""
-        columns, where = frame_query(schema, devices)
-        table = self._read(TELEMETRY, start, end, columns, where, few=FEW_VALUED_TAGS)
-        return frames_from_table(table, schema)
+        fields, where = frame_query(schema, devices, columns)
+        table = self._read(TELEMETRY, start, end, fields, where, few=FEW_VALUED_TAGS)
+        return frames_from_table(table, schema, columns)
 
     def _read(
         self,
@@ -132,9 +215,10 @@ class EmbeddedStore:
         where: Mapping[str, Sequence[str]] | None,
         few: Sequence[str],
     ) -> dict[str, np.ndarray]:
-        """`read_table`; the tags in `few` (a few distinct values in any window) are read as numbers into
-        their values, and a tag that `where` fixes to one value is not read at all: a string column of a
-        100,000-row window costs DuckDB 100,000 new Python strings."""
+        """`read_table` (see Reads in the module's docstring); the tags in `few` (a few distinct values in
+        any window) are read as numbers into their values, the device as its code (`_Devices`), and a tag
+        that `where` fixes to one value is not read at all: a string column of a 100,000-row window costs
+        DuckDB 100,000 new Python strings."""
         check_name(measurement, "measurement")
         with self._reader() as cursor:
             table = _describe(cursor, measurement)
@@ -147,21 +231,28 @@ class EmbeddedStore:
             fixed: dict[str, str] = {}
             for tag, values in (where or {}).items():
                 allowed = [str(v) for v in values]
-                if tag in table.tags:
+                if tag in table.tags and len(set(allowed)) == 1:
+                    clauses.append(f'"{check_name(tag, "tag")}" = ?')
+                    params.append(allowed[0])
+                    fixed[tag] = allowed[0]
+                elif tag in table.tags:
                     clauses.append(f'"{check_name(tag, "tag")}" IN (SELECT unnest(?::VARCHAR[]))')
                     params.append(allowed)
-                    if len(set(allowed)) == 1:
-                        fixed[tag] = allowed[0]
                 elif "" not in allowed:
                     clauses.append("false")
             rows = f'FROM "{measurement}" WHERE {" AND ".join(clauses)}'
             selected = [TIME, *table.tags, *(name for name in wanted if name in table.kinds)]
             coded = [tag for tag in table.tags if tag in few and tag not in fixed]
+            # rows in table order and the device as its code, sorted here; else (a table without devices,
+            # or written before the store coded them) sorted by DuckDB
+            by_code = table.device_codes and SORT_TAG not in fixed
+            sort = "" if by_code else f" ORDER BY {_quoted(sort_order(table.tags))}"
+            # one transaction (one snapshot of the table and the dictionary of device ids)
+            cursor.begin()
             # numbers into the values read before; a value not among them comes back NULL, and then the
-            # distinct values are read and the rows again, in one transaction (one snapshot of the table)
+            # distinct values are read and the rows again
             for fresh in (False, True):
                 if fresh:
-                    cursor.begin()
                     distinct = cursor.execute(f"SELECT {_distinct_lists(coded)} {rows}", params).fetchone()
                     for tag, found in zip(coded, distinct, strict=True):
                         self._values[(measurement, tag)] = np.array(sorted(found or []), dtype=object)
@@ -169,24 +260,30 @@ class EmbeddedStore:
                 expressions = [
                     f'list_position(?::VARCHAR[], "{name}") AS "{name}"' if name in values else f'"{name}"'
                     for name in selected
-                    if name not in fixed
-                ]
-                sql = f"SELECT {', '.join(expressions)} {rows} ORDER BY {_quoted(sort_order(table.tags))}"
+                    if name not in fixed and not (by_code and name == SORT_TAG)
+                ] + ([f'"{DEVICE_CODE}"'] if by_code else [])
+                sql = f"SELECT {', '.join(expressions)} {rows}{sort}"
                 raw = cursor.execute(sql, [*(v.tolist() for v in values.values()), *params]).fetchnumpy()
-                if fresh:
-                    cursor.commit()
                 if not any(np.ma.is_masked(raw[tag]) for tag in coded):
                     break
+            if by_code:
+                codes = np.asarray(raw[DEVICE_CODE], dtype=np.int64)
+                names, places = self._devices.lookup(cursor, codes)
+            cursor.commit()
+        order = _by_device_and_time(places[codes], raw[TIME]) if by_code else slice(None)
         n = len(raw[TIME])
         # Tags are NOT NULL: they come back as object arrays of str already.
         result = {}
         for name in selected:
             if name in fixed:
                 result[name] = np.full(n, fixed[name], dtype=object)
+            elif by_code and name == SORT_TAG:
+                result[name] = names[codes[order]]
             elif name in values:
-                result[name] = values[name][np.asarray(raw[name], dtype=np.int64) - 1]
+                result[name] = values[name][np.asarray(raw[name], dtype=np.int64)[order] - 1]
             else:
-                result[name] = raw[name] if name in table.tags else column(raw[name], table.kinds[name])
+                in_order = raw[name][order]
+                result[name] = in_order if name in table.tags else column(in_order, table.kinds[name])
         for name in wanted:
             if name not in table.kinds:
                 result[name] = np.full(n, np.nan)
@@ -212,8 +309,11 @@ class EmbeddedStore:
             table = self._prepare(cursor, points)
             # Read by DuckDB's replacement scan (`FROM _fleetwatch_points`); no table name starts with "_".
             columns = {TIME: points.time, **points.tags, **points.fields}
+            if table.device_codes:
+                device = points.tags.get(SORT_TAG, np.full(len(points), "", dtype=object))
+                columns[DEVICE_CODE] = self._devices.codes(cursor, device)
             _fleetwatch_points = {name: _scannable(values) for name, values in columns.items()}
-            names = _quoted([TIME, *points.tags, *points.fields])
+            names = _quoted(list(columns))
             try:
                 cursor.execute(f'INSERT INTO "{points.measurement}" ({names}) SELECT {names} FROM _fleetwatch_points')
             except duckdb.ConstraintException:
@@ -239,6 +339,9 @@ class EmbeddedStore:
         if not table.kinds:
             _create(cursor, points, kinds)
             table = _describe(cursor, name)
+        if SORT_TAG in table.tags and not table.device_codes:
+            _add_device_codes(cursor, name)
+            table.device_codes = True
         new_tags = [t for t in points.tags if t not in table.tags]
         if new_tags:
             raise SinkRejected(f"{name}: tags {new_tags} are not among its tags {table.tags} (fixed at first write)")
@@ -289,26 +392,51 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
 def _create(cursor: duckdb.DuckDBPyConnection, points: Points, kinds: dict[str, Kind]) -> None:
     columns = [f'"{TIME}" BIGINT NOT NULL']
     columns += [f"\"{tag}\" VARCHAR NOT NULL DEFAULT ''" for tag in points.tags]
+    if SORT_TAG in points.tags:
+        _create_devices(cursor)
+        columns.append(f'"{DEVICE_CODE}" INTEGER NOT NULL')
     columns += [f'"{field}" {_SQL_TYPE[kind]}' for field, kind in kinds.items()]
     key = _quoted([*points.key, TIME])
     cursor.execute(f'CREATE TABLE IF NOT EXISTS "{points.measurement}" ({", ".join(columns)}, PRIMARY KEY ({key}))')
 
 
+def _create_devices(cursor: duckdb.DuckDBPyConnection) -> None:
+    """The dictionary of device ids and the sequence of its codes, unless they exist."""
+    cursor.execute(f"CREATE SEQUENCE IF NOT EXISTS {CODE_SEQUENCE} START 0 MINVALUE 0")
+    cursor.execute(f"CREATE TABLE IF NOT EXISTS {DEVICES} (code INTEGER NOT NULL, device VARCHAR NOT NULL UNIQUE)")
+
+
+def _add_device_codes(cursor: duckdb.DuckDBPyConnection, measurement: str) -> None:
+    """Codes for the rows of a table written before the store coded devices: its ids into the dictionary,
+    then every row's code, in one transaction (once, at the store's first write to the table)."""
+    _create_devices(cursor)
+    table, device = f'"{measurement}"', f'"{measurement}"."{SORT_TAG}"'
+    cursor.begin()
+    try:
+        cursor.execute(f'ALTER TABLE {table} ADD COLUMN "{DEVICE_CODE}" INTEGER')
+        cursor.execute(
+            f"INSERT INTO {DEVICES} SELECT nextval('{CODE_SEQUENCE}'), device FROM (SELECT DISTINCT {device} "
+            f"AS device FROM {table} WHERE {device} NOT IN (SELECT device FROM {DEVICES}))"
+        )
+        cursor.execute(f'UPDATE {table} SET "{DEVICE_CODE}" = d.code FROM {DEVICES} d WHERE {device} = d.device')
+    except BaseException:
+        cursor.rollback()
+        raise
+    cursor.commit()
+    # DuckDB adds the constraint only after the update is committed
+    cursor.execute(f'ALTER TABLE {table} ALTER COLUMN "{DEVICE_CODE}" SET NOT NULL')
+
+
 def _describe(cursor: duckdb.DuckDBPyConnection, measurement: str) -> _Table:
-    """Column kinds and tags of a table (empty when it does not exist)."""
-    rows = cursor.execute(
-        "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
-        "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
-        [measurement],
-    ).fetchall()
-    kinds = {name: _KIND.get(sql_type, "string") for name, sql_type, _ in rows}
-    tags = [name for name, sql_type, nullable in rows if sql_type == "VARCHAR" and nullable == "NO"]
-    key = cursor.execute(
-        "SELECT constraint_column_names FROM duckdb_constraints() "
-        "WHERE schema_name = 'main' AND table_name = ? AND constraint_type = 'PRIMARY KEY'",
-        [measurement],
-    ).fetchall()
-    return _Table(kinds, tags, list(key[0][0]) if key else [])
+    """Column kinds, tags and primary key of a table (empty when it does not exist)."""
+    try:
+        rows = cursor.execute('SELECT name, type, "notnull", pk FROM pragma_table_info(?)', [measurement]).fetchall()
+    except duckdb.CatalogException:
+        rows = []
+    kinds = {name: _KIND.get(sql_type, "string") for name, sql_type, _, _ in rows if not name.startswith("_")}
+    tags = [name for name, sql_type, not_null, _ in rows if sql_type == "VARCHAR" and not_null]
+    key = [name for name, _, _, in_key in rows if in_key]
+    return _Table(kinds, tags, key, any(name == DEVICE_CODE for name, _, _, _ in rows))
 
 
 def _scannable(values: np.ndarray) -> np.ndarray:
@@ -317,6 +445,18 @@ def _scannable(values: np.ndarray) -> np.ndarray:
     if values.dtype != object or not np.all(np.not_equal(values, None)):
         return values
     return values.astype(str)
+
+
+def _by_device_and_time(places: np.ndarray, time: np.ndarray) -> np.ndarray:
+    """The order of rows by (device's place, time): one sort of one integer per row (three times faster
+    than np.lexsort) when both fit in it, as they do unless times span more than 2**63 / devices s."""
+    if not len(time):
+        return np.empty(0, dtype=np.intp)
+    offset = time - time.min()
+    span = int(offset.max()) + 1
+    if span * (int(places.max()) + 1) >= 2**63:
+        return np.lexsort((time, places))
+    return np.argsort(places * span + offset)
 
 
 def _distinct_lists(names: Sequence[str]) -> str:

@@ -113,11 +113,18 @@ class InfluxStore:
         return _sorted({k: v[keep] for k, v in result.items()} if not keep.all() else result)
 
     def read_frames(
-        self, start: int, end: int, *, schema: Schema, devices: Sequence[str] | None = None
+        self,
+        start: int,
+        end: int,
+        *,
+        schema: Schema,
+        devices: Sequence[str] | None = None,
+        columns: Sequence[str] | None = None,
     ) -> dict[str, np.ndarray]:
         """Telemetry of one schema as columns (`sinks.model.frame_kinds`), sorted by (device, time)."""
-        columns, where = frame_query(schema, devices)
-        return frames_from_table(self.read_table(TELEMETRY, start, end, columns=columns, where=where), schema)
+        fields, where = frame_query(schema, devices, columns)
+        table = self.read_table(TELEMETRY, start, end, columns=fields, where=where)
+        return frames_from_table(table, schema, columns)
 
     def ping(self) -> None:
         """Raises SinkUnavailable unless InfluxDB answers."""

@@ -126,17 +126,23 @@ def field_kind(field: Field) -> Kind:
     return "float" if field.scale is not None or field.numpy_type.endswith(("f4", "f8")) else "integer"
 
 
-def frame_kinds(schema: Schema) -> dict[str, Kind]:
+def frame_kinds(schema: Schema, columns: Sequence[str] | None = None) -> dict[str, Kind]:
     """Columns of `Store.read_frames` for `schema`, in order, with their kinds.
 
     time, device, fw_version, model_id, seq, window_s, received, clock_estimated, then the schema's flat
-    fields (`Field.column_names`).
+    fields (`Field.column_names`). With `columns`: time and the three tags, and of the others only those
+    named (ValueError for a name that is none of them).
     """
     kinds: dict[str, Kind] = {TIME: "integer", "device": "string", "fw_version": "string", "model_id": "string"}
     kinds.update(ENVELOPE_FIELDS)
     for f in schema.fields:
         kinds.update(dict.fromkeys(f.column_names, field_kind(f)))
-    return kinds
+    if columns is None:
+        return kinds
+    unknown = sorted(set(columns) - set(kinds))
+    if unknown:
+        raise ValueError(f"schema {schema.id} has no columns {unknown}")
+    return {name: kind for name, kind in kinds.items() if name in (TIME, *FRAME_TAGS) or name in columns}
 
 
 def frame_points(batch: FrameBatch) -> Points:
@@ -263,18 +269,24 @@ def empty_column(kind: Kind) -> np.ndarray:
     return np.empty(0, dtype=_DTYPES[kind])
 
 
-def frames_from_table(table: Mapping[str, np.ndarray], schema: Schema) -> dict[str, np.ndarray]:
-    """`read_frames` columns of `schema`, in order, from a `read_table` result of `telemetry`."""
-    return {name: table[name] if name in table else empty_column(kind) for name, kind in frame_kinds(schema).items()}
+def frames_from_table(
+    table: Mapping[str, np.ndarray], schema: Schema, columns: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """`read_frames` columns of `schema` (those of `frame_kinds(schema, columns)`), in order, from a
+    `read_table` result of `telemetry`."""
+    kinds = frame_kinds(schema, columns)
+    return {name: table[name] if name in table else empty_column(kind) for name, kind in kinds.items()}
 
 
-def frame_query(schema: Schema, devices: Sequence[str] | None) -> tuple[list[str], dict[str, Sequence[str]]]:
+def frame_query(
+    schema: Schema, devices: Sequence[str] | None, columns: Sequence[str] | None = None
+) -> tuple[list[str], dict[str, Sequence[str]]]:
     """The `read_table` columns and tag filter that `read_frames` of `schema` asks for."""
-    columns = [name for name in frame_kinds(schema) if name not in (TIME, *FRAME_TAGS)]
+    fields = [name for name in frame_kinds(schema, columns) if name not in (TIME, *FRAME_TAGS)]
     where: dict[str, Sequence[str]] = {"schema": [str(schema.id)]}
     if devices is not None:
         where["device"] = list(devices)
-    return columns, where
+    return fields, where
 
 
 def sort_order(tags: Sequence[str]) -> list[str]:
