@@ -6,8 +6,9 @@ devices in Python; the only Python loop is over histogram bins in the bin merge.
 
 The count tests (`goodness_of_fit`, `g_test_p`, `psi`, `estimated_accuracy`, `betabinom_sf`) run in the C
 routines of `_kernels.c` when that extension is built (`native.routines`), in one pass over the rows; the
-numpy code below is the fallback and the reference. Both give the same floats, to the bit for the
-statistics and to scipy's own rounding for the p-values (docs/drift.md, "How the kernels compute").
+numpy code below is the fallback and the reference. Both give the same floats up to rounding: df,
+Pearson's chi2 and the accuracy estimate to the bit, G and PSI to their logs' last bits, the p-values to
+scipy's own rounding (docs/drift.md, "How the count tests compute").
 
 Conventions
 -----------
