@@ -1,7 +1,8 @@
-"""Build hook for the optional C routines of the frame decoder (bulk CRC, reason codes, message join).
+"""Build hook for the optional C routines: the frame decoder's (bulk CRC, reason codes, message join) and the
+drift statistics' (count tests, PSI, label-free accuracy, beta-binomial tail).
 
-Everything else is declared in pyproject.toml. The extension is optional: without a C compiler the
-package installs and falls back to numpy and binascii.crc_hqx per frame (the same results, slower).
+Everything else is declared in pyproject.toml. The extensions are optional: without a C compiler the package
+installs and falls back to numpy (and binascii.crc_hqx per frame): the same results, slower.
 """
 
 from setuptools import Extension, setup
@@ -12,6 +13,11 @@ setup(
             "fleetwatch.frames._native",
             sources=["fleetwatch/frames/_native.c"],
             optional=True,
-        )
+        ),
+        Extension(
+            "fleetwatch.drift._kernels",
+            sources=["fleetwatch/drift/_kernels.c"],
+            optional=True,
+        ),
     ]
 )

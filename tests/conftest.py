@@ -1,5 +1,6 @@
 """Fixtures that start real servers (mosquitto, influxd) on loopback ports in throw-away directories, and
-one that runs a test on each implementation of the frame decoder (C routines, numpy fallback).
+ones that run a test on each implementation of the frame decoder and of the drift statistics (C routines,
+numpy fallback).
 
 When a server cannot be started the test fails with the reason (what to install, or the server's log);
 it is never skipped.
@@ -11,9 +12,11 @@ import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
+from fleetwatch.drift import native as drift_native
 from fleetwatch.frames import native
 from fleetwatch.localservers import Influxd, LocalServer, Mosquitto, ServerError
 from fleetwatch.sinks.influx_setup import setup_v1
@@ -34,15 +37,30 @@ def _started(server_type: type[LocalServer]) -> Iterator[LocalServer]:
         server.close()
 
 
+def _implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, module: ModuleType) -> str:
+    """The implementation `request.param` names: "c" asserts that `module.routines` is built, "numpy" switches
+    it off (the fallback a build without a C compiler uses)."""
+    if request.param == "c":
+        assert module.routines is not None, (
+            f"the C routines of {module.__name__} are not built: python3 setup.py build_ext -i"
+        )
+    else:
+        monkeypatch.setattr(module, "routines", None)
+    return request.param
+
+
 @pytest.fixture(params=["c", "numpy"])
 def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The test runs twice: with the decoder's C routines, then with them switched off (the numpy and
     binascii fallback a build without a C compiler uses). Returns "c" or "numpy"."""
-    if request.param == "c":
-        assert native.routines is not None, "fleetwatch.frames._native is not built: python3 setup.py build_ext -i"
-    else:
-        monkeypatch.setattr(native, "routines", None)
-    return request.param
+    return _implementation(request, monkeypatch, native)
+
+
+@pytest.fixture(params=["c", "numpy"])
+def drift_kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test runs twice: with the drift statistics' C routines (`fleetwatch.drift._kernels`), then with
+    them switched off (the numpy code). Returns "c" or "numpy"."""
+    return _implementation(request, monkeypatch, drift_native)
 
 
 @pytest.fixture

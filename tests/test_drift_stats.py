@@ -1,15 +1,24 @@
-"""Every kernel of fleetwatch.drift.stats against scipy or numpy on the raw data, on random inputs."""
+"""Every kernel of fleetwatch.drift.stats against scipy or numpy on the raw data, on random inputs.
+
+The count tests run on both implementations (the `drift_kernels` fixture: the C routines of
+fleetwatch/drift/_kernels.c, then the numpy code), and the two are compared with each other.
+"""
 
 from __future__ import annotations
 
 import doctest
+import functools
 from typing import Any
 
 import numpy as np
 import pytest
-from scipy import stats
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from scipy import special, stats
 from scipy.spatial.distance import jensenshannon
 
+from fleetwatch.drift import native
 from fleetwatch.drift import stats as kernels
 from fleetwatch.drift.stats import (
     anomaly_p,
@@ -62,7 +71,7 @@ def reference_merge(counts: np.ndarray, expected: np.ndarray, minimum: float) ->
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_goodness_of_fit_matches_scipy_after_the_documented_merge(seed: int) -> None:
+def test_goodness_of_fit_matches_scipy_after_the_documented_merge(seed: int, drift_kernels: str) -> None:
     rng = np.random.default_rng(seed)
     counts, probs = random_counts(rng)
     phi = float(rng.choice([1.0, 2.5]))
@@ -91,7 +100,7 @@ def test_goodness_of_fit_matches_scipy_after_the_documented_merge(seed: int) -> 
     assert np.array_equal(g_test_p(counts, probs, dispersion=phi), g_fit.p)  # the engine's G-only path, bit for bit
 
 
-def test_a_rows_test_does_not_depend_on_the_other_rows() -> None:
+def test_a_rows_test_does_not_depend_on_the_other_rows(drift_kernels: str) -> None:
     rng = np.random.default_rng(7)
     probs = rng.dirichlet(np.ones(10))
     counts = rng.multinomial(600, probs, size=5)
@@ -101,7 +110,7 @@ def test_a_rows_test_does_not_depend_on_the_other_rows() -> None:
     assert alone.df[0] == together.df[0] and alone.p[0] == together.p[0]
 
 
-def test_fleet_kernels_give_each_row_what_it_gets_alone() -> None:
+def test_fleet_kernels_give_each_row_what_it_gets_alone(drift_kernels: str) -> None:
     """The merge of `goodness_of_fit` and the tail of `betabinom_sf` are computed once per distinct n (or
     (a, n)) of a fleet and spread back: every row gets, bit for bit, what it gets on its own."""
     rng = np.random.default_rng(8)
@@ -116,12 +125,12 @@ def test_fleet_kernels_give_each_row_what_it_gets_alone() -> None:
         assert tails[i] == betabinom_sf(anomalies[i : i + 1], n[i : i + 1], 0.6, 20.0)[0]
 
 
-def test_empty_rows_are_untested_with_p_one() -> None:
+def test_empty_rows_are_untested_with_p_one(drift_kernels: str) -> None:
     fit = goodness_of_fit(np.zeros((3, 4)), [0.25, 0.25, 0.25, 0.25])
     assert fit.p.tolist() == [1.0] * 3 and not fit.tested.any() and fit.chi2.tolist() == [0.0] * 3
 
 
-def test_goodness_of_fit_rejects_bad_input() -> None:
+def test_goodness_of_fit_rejects_bad_input(drift_kernels: str) -> None:
     with pytest.raises(ValueError):
         goodness_of_fit([1, 2, 3], [0.3, 0.3, 0.4])
     with pytest.raises(ValueError):
@@ -130,8 +139,41 @@ def test_goodness_of_fit_rejects_bad_input() -> None:
         goodness_of_fit([[1, 2]], [0.5, 0.5], min_expected=0.0)
 
 
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 7, 9, 10, 17, 40, 41, 99, 1000, 1001])
+def test_chi_square_p_values_match_scipy_down_to_the_tiniest(df: int, drift_kernels: str) -> None:
+    """p = P(chi2_df >= G / phi) from statistics near 0 to far into the tail, where scipy's chdtrc gives 0 below
+    about 1e-308: the statistic is set through the dispersion, phi = G / x per row. df = 1000 is the most the
+    C routine takes; 1001 runs the numpy code under either implementation."""
+    rng = np.random.default_rng(df)
+    probs = np.full(df + 1, 1 / (df + 1))
+    counts = rng.multinomial(20 * (df + 1), probs, size=80)
+    g = goodness_of_fit(counts, probs).g
+    counts, g = counts[g > 0], g[g > 0]
+    tail = [2.0 * df, 600.0, 1150.0, 1399.0, 1401.0, 1419.5, 1500.0, 2 * df + 700.0, 4000.0]
+    x = np.concatenate([10 ** rng.uniform(-8, np.log10(5000), len(g) - len(tail)), tail])
+    phi = g / x
+    got = g_test_p(counts, probs, phi)
+    want = special.chdtrc(df, g / phi)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-300)
+    assert (want < 1e-200).any() and (want > 0.5).any()
+
+
+def test_p_values_follow_scipy_for_any_dispersion(drift_kernels: str) -> None:
+    """A dispersion of 0, below 0, NaN or infinite gives what scipy's chdtrc gives for G / phi (0 / 0 and
+    negative statistics are NaN); untested rows keep p = 1."""
+    counts = np.array([[28, 12, 10], [20, 15, 15], [0, 0, 0], [3, 1, 1], [400, 50, 50]])
+    probs = np.array([0.4, 0.3, 0.3])
+    for phi in (0.0, -1.0, np.nan, np.inf, 1e-300, np.array([1.0, 0.0, np.nan, -2.0, 0.5])):
+        for statistic in ("g", "pearson"):
+            fit = goodness_of_fit(counts, probs, phi, statistic=statistic)
+            stat = fit.g if statistic == "g" else fit.chi2
+            want = np.where(fit.df > 0, special.chdtrc(np.maximum(fit.df, 1), stat / phi), 1.0)
+            np.testing.assert_allclose(fit.p, want, rtol=1e-9, atol=1e-300)
+        np.testing.assert_array_equal(g_test_p(counts, probs, phi), goodness_of_fit(counts, probs, phi).p)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
-def test_psi_and_js_distance_match_scipy(seed: int) -> None:
+def test_psi_and_js_distance_match_scipy(seed: int, drift_kernels: str) -> None:
     rng = np.random.default_rng(seed)
     counts, probs = random_counts(rng)
     got_psi, got_js = psi(counts, probs), js_distance(counts, probs)
@@ -147,7 +189,7 @@ def test_psi_and_js_distance_match_scipy(seed: int) -> None:
     assert ((got_js[~np.isnan(got_js)] >= 0) & (got_js[~np.isnan(got_js)] <= 1)).all()
 
 
-def test_effect_sizes_accept_a_baseline_per_row() -> None:
+def test_effect_sizes_accept_a_baseline_per_row(drift_kernels: str) -> None:
     counts = np.array([[10, 30], [25, 15]])
     probs = np.array([[0.25, 0.75], [0.5, 0.5]])
     assert psi(counts, probs)[0] == pytest.approx(0.0, abs=1e-12)
@@ -234,7 +276,7 @@ def test_normal_p_values_match_scipy() -> None:
     assert np.isnan(two_sided_p([np.nan])[0]) and np.isnan(one_sided_p([np.nan])[0])
 
 
-def test_estimated_accuracy_is_the_calibrated_expectation_with_a_true_standard_error() -> None:
+def test_estimated_accuracy_is_the_calibrated_expectation_with_a_true_standard_error(drift_kernels: str) -> None:
     rng = np.random.default_rng(4)
     hist = rng.integers(0, 60, (8, 10))
     hist[0] = 0
@@ -251,7 +293,7 @@ def test_estimated_accuracy_is_the_calibrated_expectation_with_a_true_standard_e
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_anomaly_tests_are_beta_binomial(seed: int) -> None:
+def test_anomaly_tests_are_beta_binomial(seed: int, drift_kernels: str) -> None:
     rng = np.random.default_rng(seed)
     n = rng.integers(0, 3000, 80)
     rate, c = float(rng.uniform(0.001, 0.2)), float(rng.choice([5.0, 150.0, np.inf]))
@@ -273,9 +315,12 @@ def upper_tail(model: Any, a: int, n: int) -> float:
     return float(np.sort(model.pmf(np.arange(max(a, 0), n + 1))).sum())
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_vectorised_beta_binomial_tail_matches_scipy(seed: int) -> None:
+@functools.cache
+def beta_binomial_cases(seed: int) -> list[tuple[np.ndarray, np.ndarray, float, float, np.ndarray]]:
+    """(a, n, alpha, beta, P(X >= a) by scipy's pmf) for `test_vectorised_beta_binomial_tail_matches_scipy`:
+    summed once for both implementations (the pmf sums are most of the test's time)."""
     rng = np.random.default_rng(seed)
+    cases = []
     for _ in range(6):
         n = rng.integers(0, 6000, 150)
         rate, c = float(rng.uniform(0.001, 0.4)), float(rng.choice([0.5, 3.0, 40.0, 900.0]))
@@ -283,12 +328,127 @@ def test_vectorised_beta_binomial_tail_matches_scipy(seed: int) -> None:
         spread = rng.uniform(0.3, 4.0, len(n))
         a = rng.binomial(n, np.clip(rng.beta(max(alpha, 0.1), max(beta, 0.1), len(n)) * spread, 0, 1))
         a[:3] = (0, n[1] + 1, n[2])
+        want = np.array([upper_tail(stats.betabinom(n[i], alpha, beta), a[i], n[i]) for i in range(len(n))])
+        cases.append((a, n, alpha, beta, want))
+    return cases
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_vectorised_beta_binomial_tail_matches_scipy(seed: int, drift_kernels: str) -> None:
+    for a, n, alpha, beta, want in beta_binomial_cases(seed):
         got = betabinom_sf(a, n, alpha, beta)
         for i in range(len(n)):
-            want = upper_tail(stats.betabinom(n[i], alpha, beta), a[i], n[i])
             # beta < 1 rows with small tails are scipy's own 1 - cdf (the documented fallback): 1e-9 absolutely
             tolerance = {"rel": 1e-9, "abs": 1e-9 if beta < 1 else 1e-300}
-            assert got[i] == pytest.approx(want, **tolerance), (a[i], n[i], alpha, beta)
+            assert got[i] == pytest.approx(want[i], **tolerance), (a[i], n[i], alpha, beta)
+
+
+def both_paths(monkeypatch: pytest.MonkeyPatch, function: Any, *args: Any) -> tuple[Any, Any]:
+    """(result of the C routines, result of the numpy code) of function(*args)."""
+    assert native.routines is not None, "fleetwatch.drift._kernels is not built: python3 setup.py build_ext -i"
+    c = function(*args)
+    with monkeypatch.context() as patch:
+        patch.setattr(native, "routines", None)
+        return c, function(*args)
+
+
+#: How far the C routines' floats may be from the numpy code's. `python benchmarks/drift_kernels.py` prints how
+#: far they are on a 100,000-device window: df, Pearson's chi2 and the accuracy estimate to the bit, G and PSI
+#: to their logs' last bits, the chi-square p to scipy's rounding, and the beta-binomial tail about 1e-11 (its
+#: upper tail starts from pmf(a) walked up from pmf(0), not from log-beta functions).
+SAME_STATISTIC = {"rtol": 1e-12, "atol": 1e-12}
+SAME_P = {"rtol": 1e-11, "atol": 1e-300}
+SAME_TAIL = {"rtol": 1e-10, "atol": 1e-300}
+
+
+def assert_same_counts_tests(monkeypatch: pytest.MonkeyPatch, counts: np.ndarray, probs: np.ndarray, phi: Any) -> None:
+    for statistic in ("g", "pearson"):
+        c, numpy_fit = both_paths(monkeypatch, goodness_of_fit, counts, probs, phi, 5.0, statistic)
+        np.testing.assert_array_equal(c.df, numpy_fit.df)
+        for got, want in ((c.g, numpy_fit.g), (c.chi2, numpy_fit.chi2)):
+            np.testing.assert_allclose(got, want, **SAME_STATISTIC)
+        np.testing.assert_allclose(c.p, numpy_fit.p, **SAME_P)
+    np.testing.assert_allclose(*both_paths(monkeypatch, g_test_p, counts, probs, phi), **SAME_P)
+    np.testing.assert_allclose(*both_paths(monkeypatch, psi, counts, probs), **SAME_STATISTIC)
+    c, numpy_estimate = both_paths(monkeypatch, estimated_accuracy, counts, np.linspace(0.3, 0.99, len(probs)))
+    np.testing.assert_allclose(c.accuracy, numpy_estimate.accuracy, **SAME_STATISTIC)
+    np.testing.assert_allclose(c.se, numpy_estimate.se, **SAME_STATISTIC)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_c_routines_give_the_numpy_codes_floats(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(seed)
+    counts, probs = random_counts(rng)
+    bins = counts.shape[1]
+    edges = np.array([np.full(bins, 10.0**12), np.eye(bins)[0] * 10**9, np.zeros(bins), np.eye(bins)[-1] * 3])
+    counts = np.vstack([counts, edges])
+    assert_same_counts_tests(monkeypatch, counts, probs, rng.uniform(0.5, 3.0, len(counts)))
+    assert_same_counts_tests(monkeypatch, counts[:0], probs, 1.0)
+    assert_same_counts_tests(monkeypatch, np.asfortranarray(counts[:, ::-1]), probs[::-1], 2.0)
+    for rate, c in ((0.02, 200.0), (0.01, 20.0), (0.4, 900.0), (0.2, 3.0), (0.3, 0.5)):
+        n = rng.integers(0, 8000, 400)
+        a = rng.binomial(n, np.clip(rng.beta(rate * c, (1 - rate) * c, len(n)) * 2, 0, 1)).astype(float)
+        n = n.astype(float)
+        a[:5], n[:5] = (0.5, 3.0, -1.0, 2.0, 2.5), (10.0, 7.5, 5.0, np.nan, 30.0)  # not whole numbers, no data
+        np.testing.assert_allclose(*both_paths(monkeypatch, betabinom_sf, a, n, rate * c, (1 - rate) * c), **SAME_TAIL)
+        np.testing.assert_allclose(*both_paths(monkeypatch, anomaly_p, a, n, rate, c), **SAME_TAIL)
+
+
+ONE_IMPLEMENTATION = [HealthCheck.function_scoped_fixture]  # monkeypatch only switches the routines
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=ONE_IMPLEMENTATION)
+@given(
+    counts=hnp.arrays(np.int64, st.tuples(st.integers(0, 8), st.integers(1, 12)), elements=st.integers(0, 10**12)),
+    weights=st.lists(st.sampled_from([0.0, 1e-9, 0.01, 0.1, 0.3, 1.0]), min_size=12, max_size=12),
+    phi=st.sampled_from([1.0, 2.5, 0.0, np.nan]),
+)
+def test_the_c_routines_agree_on_any_counts(
+    monkeypatch: pytest.MonkeyPatch, counts: np.ndarray, weights: list[float], phi: float
+) -> None:
+    probs = np.array(weights[: counts.shape[1]])
+    probs = probs if probs.sum() > 0 else np.ones(counts.shape[1])
+    assert_same_counts_tests(monkeypatch, counts, probs, phi)
+
+
+def test_the_c_routines_refuse_malformed_calls() -> None:
+    routines = native.routines
+    assert routines is not None, "fleetwatch.drift._kernels is not built: python3 setup.py build_ext -i"
+    f64, i64 = np.empty(2), np.empty(2, dtype=np.int64)
+    fit_args = (np.zeros(8), 4, np.full(4, 0.25), np.ones(1), 5.0, False, f64, f64, i64, f64)
+    routines.goodness_of_fit(*fit_args)  # well formed: 2 rows of 4 bins
+    for position, bad in (
+        (0, np.zeros(7)),
+        (2, np.full(3, 0.25)),
+        (3, np.ones(3)),
+        (4, 0.0),
+        (8, np.empty(3, np.int64)),
+    ):
+        with pytest.raises(ValueError):
+            routines.goodness_of_fit(*fit_args[:position], bad, *fit_args[position + 1 :])
+    with pytest.raises(ValueError):  # the p-value of chi2 needs chi2
+        routines.goodness_of_fit(*fit_args[:5], True, np.empty(0), *fit_args[7:])
+    bins = routines.MAX_BINS + 1
+    with pytest.raises(ValueError):
+        routines.goodness_of_fit(
+            np.zeros(bins),
+            bins,
+            np.full(bins, 1 / bins),
+            np.ones(1),
+            5.0,
+            False,
+            *(np.empty(1),) * 2,
+            np.empty(1, np.int64),
+            np.empty(1),
+        )
+    with pytest.raises(ValueError):
+        routines.psi(np.zeros(8), 4, np.full(3, 0.25), 1e-4, f64)
+    with pytest.raises(ValueError):
+        routines.accuracy(np.zeros(8), 4, np.full(4, 0.5), f64, np.empty(3))
+    with pytest.raises(ValueError):
+        routines.betabinom_sf(np.ones(2), np.ones(2), 0.0, 1.0, np.zeros(3), f64)
+    with pytest.raises(ValueError):
+        routines.betabinom_sf(np.ones(2), np.ones(3), 1.0, 1.0, np.zeros(3), f64)
 
 
 def test_poisson_tail_matches_scipy() -> None:
@@ -297,5 +457,5 @@ def test_poisson_tail_matches_scipy() -> None:
     np.testing.assert_allclose(poisson_p(count, expected), stats.poisson.sf(count - 1, expected), rtol=1e-9)
 
 
-def test_docstring_examples() -> None:
+def test_docstring_examples(drift_kernels: str) -> None:
     assert doctest.testmod(kernels, raise_on_error=False).failed == 0

@@ -1,8 +1,14 @@
-"""Statistical kernels over whole-fleet arrays. Pure numpy (scipy only for distribution functions).
+"""Statistical kernels over whole-fleet arrays: numpy (scipy only for distribution functions), and C.
 
 Every kernel takes arrays for the whole fleet at once: count matrices shaped (devices, bins), levels shaped
 (devices,) or (devices, channels), and returns arrays of the same leading shape. There is no loop over
-devices anywhere; the only Python loop is over histogram bins in the bin merge.
+devices in Python; the only Python loop is over histogram bins in the bin merge.
+
+The count tests (`goodness_of_fit`, `g_test_p`, `psi`, `estimated_accuracy`, `betabinom_sf`) run in the C
+routines of `_kernels.c` when that extension is built (`native.routines`), in one pass over the rows; the
+numpy code below is the fallback and the reference. Both give the same floats up to rounding: df,
+Pearson's chi2 and the accuracy estimate to the bit, G and PSI to their logs' last bits, the p-values to
+scipy's own rounding (docs/drift.md, "How the count tests compute").
 
 Conventions
 -----------
@@ -33,6 +39,8 @@ from typing import Literal, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import special
+
+from fleetwatch.drift import native
 
 #: Smallest expected count of a merged bin (the usual rule of thumb for the chi-square approximation).
 MIN_EXPECTED = 5.0
@@ -86,6 +94,10 @@ def goodness_of_fit(
     >>> fit.chi2.round(3).tolist(), fit.g.round(3).tolist(), fit.p.round(3).tolist()
     ([5.467], [5.378], [0.068])
     """
+    counts, probs = _count_inputs(counts, probs, min_expected)
+    fit = _native_fit(counts, probs, dispersion, min_expected, statistic == "pearson")
+    if fit is not None:
+        return fit
     observed, merged, df = _merged_bins(counts, probs, min_expected)
     used = merged > 0
     safe = np.where(used, merged, 1.0)
@@ -107,19 +119,55 @@ def g_test_p(
     >>> g_test_p([[28, 12, 10]], [0.4, 0.3, 0.3]).round(3).tolist()
     [0.068]
     """
+    counts, probs = _count_inputs(counts, probs, min_expected)
+    fit = _native_fit(counts, probs, dispersion, min_expected, pearson=False, chi2=False)
+    if fit is not None:
+        return fit.p
     observed, merged, df = _merged_bins(counts, probs, min_expected)
     return _chi2_p(df, _g_statistic(observed, np.where(merged > 0, merged, 1.0)), dispersion)
 
 
-def _merged_bins(counts: ArrayLike, probs: ArrayLike, min_expected: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(observed, expected counts of the merged bins, df) per row, by `goodness_of_fit`'s merge rule; the
-    bins past a row's last merged bin have observed and expected 0."""
+def _count_inputs(counts: ArrayLike, probs: ArrayLike, min_expected: float) -> tuple[np.ndarray, np.ndarray]:
+    """(counts as floats, normalised probs), checked for the count tests."""
     counts = np.asarray(counts, dtype=float)
     probs = _normalised(probs)
     if counts.ndim != 2:
         raise ValueError("counts must be (rows, bins)")
     if min_expected <= 0:
         raise ValueError("min_expected must be positive")
+    return counts, probs
+
+
+def _native_fit(
+    counts: np.ndarray, probs: np.ndarray, dispersion: ArrayLike, min_expected: float, pearson: bool, chi2: bool = True
+) -> GoodnessOfFit | None:
+    """`goodness_of_fit` by the C routine, the p-value of Pearson's chi2 if `pearson`, else of G (without chi2:
+    its field is empty); None where the numpy path is to run: no C routines, a baseline per row, more bins than
+    the routine's chi-square survival function serves (`MAX_BINS`), or a dispersion that is neither one number
+    nor one per row."""
+    rows, bins = counts.shape
+    phi = np.asarray(dispersion, dtype=float)
+    if (
+        native.routines is None
+        or probs.shape != (bins,)
+        or bins > native.routines.MAX_BINS
+        or phi.shape not in ((), (1,), (rows,))
+    ):
+        return None
+    pearson_chi2, g, p = np.empty(rows if chi2 or pearson else 0), np.empty(rows), np.empty(rows)
+    df = np.empty(rows, dtype=np.int64)
+    phi = np.ascontiguousarray(phi.ravel())
+    native.routines.goodness_of_fit(
+        np.ascontiguousarray(counts), bins, probs, phi, min_expected, pearson, pearson_chi2, g, df, p
+    )
+    return GoodnessOfFit(pearson_chi2, g, df, p)
+
+
+def _merged_bins(
+    counts: np.ndarray, probs: np.ndarray, min_expected: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(observed, expected counts of the merged bins, df) per row of `_count_inputs`, by `goodness_of_fit`'s
+    merge rule; the bins past a row's last merged bin have observed and expected 0."""
     rows, bins = counts.shape
     n = counts.sum(axis=1)
     # the merge depends on n only: done once per distinct n (a fleet has a few thousand), then spread
@@ -131,7 +179,8 @@ def _merged_bins(counts: ArrayLike, probs: ArrayLike, min_expected: float) -> tu
     labels, merged = level_labels[inverse], merged[inverse]
     flat = (labels + bins * np.arange(rows)[:, None]).ravel()
     observed = np.bincount(flat, weights=counts.ravel(), minlength=rows * bins).reshape(rows, bins)
-    return observed, merged, labels[:, -1]
+    # floats also for no rows (np.bincount of nothing is int64, which the statistics cannot divide in place)
+    return observed.astype(float, copy=False), merged.astype(float, copy=False), labels[:, -1]
 
 
 def _g_statistic(observed: np.ndarray, safe: np.ndarray) -> np.ndarray:
@@ -206,11 +255,16 @@ def psi(counts: ArrayLike, probs: ArrayLike, eps: float = PSI_EPS) -> np.ndarray
     >>> psi([[50, 50], [90, 10]], [0.5, 0.5]).round(3).tolist()
     [0.0, 0.878]
     """
+    counts = np.asarray(counts, dtype=float)
+    bins = counts.shape[-1]
+    e = (_normalised(probs) + eps) / (1 + bins * eps)
+    if native.routines is not None and counts.ndim == 2 and e.shape == (bins,):
+        out = np.empty(len(counts))
+        native.routines.psi(np.ascontiguousarray(counts), bins, e, eps, out)
+        return out
     a, n = _proportions(counts)
-    bins = a.shape[-1]
     a += eps  # in place, one array of (rows, bins) at a time: the same floats as the plain formula
     a /= 1 + bins * eps
-    e = (_normalised(probs) + eps) / (1 + bins * eps)
     log = np.divide(a, e)
     np.log(log, out=log)
     a -= e
@@ -382,6 +436,10 @@ def estimated_accuracy(hist: ArrayLike, accuracy_per_bin: ArrayLike) -> Accuracy
     """
     hist = np.asarray(hist, dtype=float)
     acc = np.asarray(accuracy_per_bin, dtype=float)
+    if native.routines is not None and hist.ndim == 2 and acc.shape == (hist.shape[1],):
+        accuracy, se = np.empty(len(hist)), np.empty(len(hist))
+        native.routines.accuracy(np.ascontiguousarray(hist), hist.shape[1], np.ascontiguousarray(acc), accuracy, se)
+        return AccuracyEstimate(accuracy, se)
     n = hist.sum(axis=-1)
     weighted = hist * acc
     right = weighted.sum(axis=-1)
@@ -443,12 +501,18 @@ def betabinom_sf(a: ArrayLike, n: ArrayLike, alpha: float, beta: float) -> np.nd
       beta), so while B < 1 the rest is at most term B / (1 - B). With beta < 1 (a U-shaped pmf, no such
       bound) these rows are scipy's.
 
-    Each distinct (a, n) is computed once (`_distinct`).
+    X takes whole values: an `a` that is not a whole number counts as the next one up. An `n` that is not
+    a whole number makes no beta-binomial: NaN, as scipy's. Each distinct (a, n) is computed once
+    (`_distinct`). The C routine takes the rows one by one instead, by the same rule, a term at a time,
+    starting the upper tail from the walk's next term; it leaves to this code the rows that start from
+    pmf(a - 1) or need scipy.
 
     >>> betabinom_sf([0, 3, 40], [50, 50, 50], 2.0, 30.0).round(6).tolist()
     [1.0, 0.503624, 0.0]
     """
-    a, n = np.broadcast_arrays(np.asarray(a, dtype=float), np.asarray(n, dtype=float))
+    a, n = np.broadcast_arrays(np.ceil(np.asarray(a, dtype=float)), np.asarray(n, dtype=float))
+    if native.routines is not None and alpha > 0 and beta > 0:
+        return _native_betabinom_sf(a.ravel(), n.ravel(), alpha, beta).reshape(a.shape)
     found = _distinct(a.ravel(), n.ravel())
     if found is None:
         return _betabinom_sf(a, n, alpha, beta)
@@ -456,14 +520,31 @@ def betabinom_sf(a: ArrayLike, n: ArrayLike, alpha: float, beta: float) -> np.nd
     return _betabinom_sf(distinct_a, distinct_n, alpha, beta)[inverse].reshape(a.shape)
 
 
-def _betabinom_sf(a: np.ndarray, n: np.ndarray, alpha: float, beta: float) -> np.ndarray:
-    out = np.where(a <= 0, 1.0, 0.0)
+def _native_betabinom_sf(a: np.ndarray, n: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    """`betabinom_sf` of 1-D rows by the C routine, and the rows it leaves (NaN) by `_betabinom_sf`."""
+    a, n = np.ascontiguousarray(a), np.ascontiguousarray(n)
     inside = (a > 0) & (a <= n)
+    out = np.empty(len(a))
+    native.routines.betabinom_sf(a, n, alpha, beta, _log_pmf0(alpha, beta, n[inside]), out)
+    left = np.isnan(out)
+    if left.any():
+        out[left] = _betabinom_sf(a[left], n[left], alpha, beta)
+    return out
+
+
+def _log_pmf0(alpha: float, beta: float, n: np.ndarray) -> np.ndarray:
+    """log pmf(0) = sum over k < m of log(1 - alpha / (alpha + beta + k)) for every m up to max(n), at index m."""
+    steps = np.log1p(-alpha / (alpha + beta + np.arange(int(n.max()) if len(n) else 0)))
+    return np.concatenate([[0.0], np.cumsum(steps)])
+
+
+def _betabinom_sf(a: np.ndarray, n: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    whole = n == np.floor(n)
+    out = np.where(whole, np.where(a <= 0, 1.0, 0.0), np.nan)
+    inside = whole & (a > 0) & (a <= n)
     log0 = np.full(a.shape, -np.inf)
     if inside.any():
-        # log pmf(0) = sum over k < n of log(1 - alpha / (alpha + beta + k)), for every n at once
-        steps = np.log1p(-alpha / (alpha + beta + np.arange(int(n[inside].max()))))
-        log0[inside] = np.concatenate([[0.0], np.cumsum(steps)])[n[inside].astype(np.int64)]
+        log0[inside] = _log_pmf0(alpha, beta, n[inside])[n[inside].astype(np.int64)]
     up = inside & (log0 >= _LOG_START_MIN)
     down = inside & ~up
     out[up] = 1.0 - _walk(np.zeros(up.sum()), np.exp(log0[up]), a[up] - 1, n[up], alpha, beta)
