@@ -577,7 +577,7 @@ def _group_findings(
     # the input signals' cohort CUSUMs as one (signals, cohorts) array
     sequential = [j for j, signal in enumerate(signals) if signal in SEQUENTIAL]
     names = [signals[j] for j in sequential]
-    h = np.array([[settings.cohort_h(error_var if _base(s) == "input_mean" else 0.0)] for s in names])
+    h = np.array([settings.cohort_h(error_var if _base(s) == "input_mean" else 0.0) for s in names]).reshape(-1, 1)
     index = sums.index(keys)
     step = cusum_step(sums.take(names, index), combined[sequential], settings.cohort_delta, h)
     sums.store(names, index, step.state)
