@@ -125,6 +125,30 @@ def test_baseline_roundtrip_and_training_fit(tmp_path: Path) -> None:
     assert store.latest(7) == baseline and store.get("model-7-v1") == baseline
 
 
+def test_the_baseline_store_parses_a_file_once_and_again_when_it_changes(tmp_path: Path) -> None:
+    telemetry = simulate(FleetSpec(n_devices=8, seed=3), [], n_windows=30)
+    ref = flat(telemetry, np.ones(len(telemetry.device), dtype=bool))
+    baseline = fit_reference(ref, model_id=1, version="model-1-v1", fitted_at=0, time_range=(0, 1))
+    store = BaselineStore(tmp_path)
+    path = store.save(baseline)
+    first = store.latest(1)
+    assert first == baseline and store.latest_for(["1"])[1] is first  # parsed once, handed out again
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["anomaly_rate"] = 0.5
+    path.write_text(json.dumps(data, indent=4), encoding="utf-8")  # another size: re-read
+    assert store.latest(1).anomaly_rate == 0.5
+    assert BaselineStore(tmp_path).get("model-1-v1").anomaly_rate == 0.5
+
+
+def test_a_window_of_models_without_a_baseline_gets_only_the_device_alarm_count() -> None:
+    telemetry = simulate(FleetSpec(n_devices=10, seed=2), [], n_windows=1)
+    window = flat(telemetry, np.ones(10, dtype=bool))
+    findings, state = evaluate(
+        window, {}, cohort_masks(window, None), EngineState(), DriftSettings(), int(window["time"][0]) + 3600, 3600
+    )
+    assert findings == [] and state.cusum.rows == {}
+
+
 def test_reference_fit_reports_the_error_of_the_device_profiles(tmp_path: Path) -> None:
     """level_variance and cycle_variance are the means over the devices of their fit's (X'X)^-1 entries,
     checked against a per-device reference built with numpy's least squares (the covariance of the

@@ -153,10 +153,14 @@ class Baseline:
 
 
 class BaselineStore:
-    """Versioned baseline files in one directory: `model-<model_id>[-<cohort>]-v<n>.json`."""
+    """Versioned baseline files in one directory: `model-<model_id>[-<cohort>]-v<n>.json`.
+
+    A file is parsed once while it stays the same (path, modification time and size): a drift check
+    asks for the baselines of every window, and a fleet's baseline holds every device's profile."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
+        self._parsed: dict[Path, tuple[tuple[int, int], Baseline]] = {}
 
     def save(self, baseline: Baseline) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -195,9 +199,14 @@ class BaselineStore:
         found = {model: self.latest(model) for model in {int(m) for m in model_ids}}
         return {model: baseline for model, baseline in found.items() if baseline is not None}
 
-    @staticmethod
-    def _read(path: Path) -> Baseline:
-        return Baseline.from_json(json.loads(path.read_text(encoding="utf-8")))
+    def _read(self, path: Path) -> Baseline:
+        stat = path.stat()
+        signature = (stat.st_mtime_ns, stat.st_size)
+        known = self._parsed.get(path)
+        if known is None or known[0] != signature:
+            known = signature, Baseline.from_json(json.loads(path.read_text(encoding="utf-8")))
+            self._parsed[path] = known
+        return known[1]
 
 
 def _stem(model_id: int, cohort: str) -> str:
