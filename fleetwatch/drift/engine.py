@@ -214,11 +214,11 @@ def _at_rest(streams: int) -> np.ndarray:
 
 def _grown(
     keys: KeyIndex, rows: Mapping[str, np.ndarray], queries: np.ndarray
-) -> tuple[KeyIndex, Mapping[str, np.ndarray], np.ndarray]:
+) -> tuple[KeyIndex, dict[str, np.ndarray], np.ndarray]:
     """(`keys` with the queries among them, `rows` padded with streams at rest to match, the queries' rows)."""
     grown, index = keys.extended(queries)
     if grown is keys:
-        return keys, rows, index
+        return keys, dict(rows), index
     pad = _at_rest(len(grown) - len(keys))
     return grown, {signal: np.concatenate([table, pad], axis=1) for signal, table in rows.items()}, index
 
