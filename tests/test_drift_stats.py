@@ -135,8 +135,9 @@ def test_goodness_of_fit_rejects_bad_input(drift_kernels: str) -> None:
         goodness_of_fit([1, 2, 3], [0.3, 0.3, 0.4])
     with pytest.raises(ValueError):
         goodness_of_fit([[1, 2]], [0.0, 0.0])
-    with pytest.raises(ValueError):
-        goodness_of_fit([[1, 2]], [0.5, 0.5], min_expected=0.0)
+    for min_expected in (0.0, np.nan):
+        with pytest.raises(ValueError):
+            goodness_of_fit([[1, 2]], [0.5, 0.5], min_expected=min_expected)
 
 
 @pytest.mark.parametrize("df", [1, 2, 3, 4, 7, 9, 10, 17, 40, 41, 99, 1000, 1001])
