@@ -233,16 +233,20 @@ static void fit_rows(const double *counts, Py_ssize_t rows, Py_ssize_t bins, con
     }
 }
 
-/* Rows of `bins` values a block takes, and a work array of `arrays` such blocks (NULL with MemoryError set). */
-static double *block_work(Py_ssize_t bins, int arrays, Py_ssize_t *block_rows) {
-    *block_rows = bins < BLOCK_VALUES ? BLOCK_VALUES / bins : 1;
-    double *work = PyMem_Malloc((size_t)arrays * (size_t)(*block_rows * bins) * sizeof *work);
-    if (work == NULL) PyErr_NoMemory();
-    return work;
-}
-
 static void release(Py_buffer *views, int count) {
     for (int i = 0; i < count; i++) PyBuffer_Release(&views[i]);
+}
+
+/* Rows of `bins` values a block takes, and a work array of `arrays` such blocks; NULL with MemoryError set and
+ * the call's views released. */
+static double *block_work(Py_ssize_t bins, int arrays, Py_ssize_t *block_rows, Py_buffer *views, int count) {
+    *block_rows = bins < BLOCK_VALUES ? BLOCK_VALUES / bins : 1;
+    double *work = PyMem_Malloc((size_t)arrays * (size_t)(*block_rows * bins) * sizeof *work);
+    if (work == NULL) {
+        release(views, count);
+        PyErr_NoMemory();
+    }
+    return work;
 }
 
 /* A ValueError for a malformed call (NULL), or Py_None. */
@@ -277,11 +281,8 @@ static PyObject *goodness_of_fit(PyObject *self, PyObject *args) {
     double *chi2 = v[3].buf, *g = v[4].buf, *p = v[6].buf;
     int64_t *df = v[5].buf;
     Py_ssize_t block_rows;
-    double *work = block_work(bins, 5, &block_rows);
-    if (work == NULL) {
-        release(v, 7);
-        return NULL;
-    }
+    double *work = block_work(bins, 5, &block_rows, v, 7);
+    if (work == NULL) return NULL;
     Py_BEGIN_ALLOW_THREADS
     fit_rows(counts, rows, bins, probs, phi, v[2].len == 8 ? 0 : 1, min_expected, pearson, want_chi2 ? chi2 : NULL, g,
              df, p, work, block_rows);
@@ -335,11 +336,8 @@ static PyObject *psi(PyObject *self, PyObject *args) {
     const double *counts = v[0].buf, *expected = v[1].buf;
     double *out = v[2].buf;
     Py_ssize_t block_rows;
-    double *work = block_work(bins, 4, &block_rows);
-    if (work == NULL) {
-        release(v, 3);
-        return NULL;
-    }
+    double *work = block_work(bins, 4, &block_rows, v, 3);
+    if (work == NULL) return NULL;
     Py_BEGIN_ALLOW_THREADS
     psi_rows(counts, rows, bins, expected, eps, out, work, block_rows);
     Py_END_ALLOW_THREADS

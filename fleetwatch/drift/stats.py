@@ -133,7 +133,7 @@ def _count_inputs(counts: ArrayLike, probs: ArrayLike, min_expected: float) -> t
     probs = _normalised(probs)
     if counts.ndim != 2:
         raise ValueError("counts must be (rows, bins)")
-    if min_expected <= 0:
+    if not min_expected > 0:  # NaN too: no bin could ever close
         raise ValueError("min_expected must be positive")
     return counts, probs
 
