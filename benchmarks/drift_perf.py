@@ -3,7 +3,9 @@ against a per-device scipy loop running the same tests.
 
 Setup (not timed): a simulated fleet (`FleetSpec`, hourly windows) is encoded to frames, decoded and written
 with `write_frames` to a fresh embedded store (DuckDB) in a temporary directory under /tmp: one reference day,
-then `--windows` evaluated windows. The baseline is fitted from the reference day as read back from the store.
+then `--windows` evaluated windows, each window's frames in device order, or with `--shuffle` in a random
+order (as they arrive from a fleet over MQTT; the store then has to sort every window it reads). The
+baseline is fitted from the reference day as read back from the store.
 
 Timed, window by window as `DriftRunner.check` does it: `read_frames` of the window (the columns a drift
 check reads, `drift_columns`), `cohort_masks` (site from the inventory, fw_version, model_id, fleet) and
@@ -20,7 +22,7 @@ devices per signal (`scipy.stats.false_discovery_control`). It runs on the first
 the same windows; its time is extrapolated linearly to the whole fleet (every step is per device except BH,
 which is O(n log n) and a negligible share).
 
-    python benchmarks/drift_perf.py [--devices 100000] [--windows 24] [--loop-devices 1000] [--quick]
+    python benchmarks/drift_perf.py [--devices 100000] [--windows 24] [--loop-devices 1000] [--shuffle] [--quick]
 """
 
 from __future__ import annotations
@@ -57,13 +59,18 @@ TARGET_S = 10.0
 TARGET_RATIO = 100.0
 
 
-def write_windows(store: Store, simulator: FleetSimulator, n_windows: int) -> None:
-    """Simulate, encode, decode and store `n_windows` windows of the whole fleet, one window at a time."""
+def write_windows(
+    store: Store, simulator: FleetSimulator, n_windows: int, shuffle: np.random.Generator | None = None
+) -> None:
+    """Simulate, encode, decode and store `n_windows` windows of the whole fleet, one window at a time, each
+    in device order or, with `shuffle`, in a random order."""
     for _ in range(n_windows):
         telemetry = simulator.step()
         frames = telemetry.frames()
+        order = shuffle.permutation(len(frames)) if shuffle is not None else np.arange(len(frames))
         lengths = np.full(len(frames), SCHEMA.frame_len)
-        result = decode_buffer(frames.tobytes(), lengths, telemetry.device, telemetry.received, REGISTRY)
+        device, received = telemetry.device[order], telemetry.received[order]
+        result = decode_buffer(frames[order].tobytes(), lengths, device, received, REGISTRY)
         assert not result.rejects, result.reject_counts()
         store.write_frames(result.batches[SCHEMA.id])
 
@@ -179,6 +186,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=24)
     parser.add_argument("--loop-devices", type=int, default=1000, help="devices the scipy loop runs on")
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--shuffle", action="store_true", help="write each window's frames in a random order")
     parser.add_argument("--quick", action="store_true", help="smoke run: 5,000 devices, 4 windows, loop on 200")
     args = parser.parse_args()
     if args.quick:
@@ -195,7 +203,8 @@ def main() -> None:
         store = open_store(f"embedded://{directory}")
         simulator = FleetSimulator(spec)
         started = time.perf_counter()
-        write_windows(store, simulator, REFERENCE_WINDOWS + args.windows)
+        shuffle = np.random.default_rng(args.seed) if args.shuffle else None
+        write_windows(store, simulator, REFERENCE_WINDOWS + args.windows, shuffle)
         setup_s = time.perf_counter() - started
         reference_end = spec.start + REFERENCE_WINDOWS * spec.window_s
         baseline = fit_reference(
@@ -219,7 +228,8 @@ def main() -> None:
 
     print(
         f"Command: `python benchmarks/drift_perf.py --devices {args.devices} --windows {args.windows} "
-        f"--loop-devices {args.loop_devices} --seed {args.seed}`\n\nMachine: {describe()}\n\nCode: {revision()}\n"
+        f"--loop-devices {args.loop_devices} --seed {args.seed}{' --shuffle' if args.shuffle else ''}`\n\n"
+        f"Machine: {describe()}\n\nCode: {revision()}\n"
     )
     print(
         f"Setup (not timed): {args.devices * (REFERENCE_WINDOWS + args.windows):,} frames simulated, encoded, "
