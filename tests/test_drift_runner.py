@@ -64,38 +64,3 @@ def test_a_check_reads_the_drift_columns_and_finds_what_the_whole_window_finds(t
         found += sum(f.severity != "ok" for f in findings)
     assert found
     store.close()
-
-
-def test_a_backtest_that_reads_ahead_finds_what_checks_one_by_one_find(tmp_path: Path) -> None:
-    spec = FleetSpec(n_devices=30, seed=5)
-    change = Change("anomaly_rate", 0.12, Target(devices=(1, 2)), onset=REF + 2)
-    telemetry = simulate(spec, [change], n_windows=REF + 8)
-    store = open_store(f"embedded://{tmp_path / 'store'}")
-    decoded = decode_messages(telemetry.messages(), telemetry.device, telemetry.received, Registry.builtin())
-    store.write_frames(decoded.batches[1])
-    start = int(spec.start)
-    split = start + REF * HOUR
-    baselines = BaselineStore(tmp_path / "baselines")
-    reference = store.read_frames(start, split, schema=SCHEMA)
-    baselines.save(
-        fit_reference(
-            reference,
-            model_id=spec.model_id,
-            version=baselines.next_version(spec.model_id),
-            fitted_at=split,
-            time_range=(start, split),
-        )
-    )
-    runner = DriftRunner(store, SCHEMA, baselines, DriftSettings(), HOUR)
-    one_by_one = []
-    for at in range(split + HOUR, split + 9 * HOUR, HOUR):
-        one_by_one += [f.to_json() for f in runner.check(at, write=False) if f.severity != "ok"]
-    state = runner.state
-    replayed = [f.to_json() for f in runner.backtest(split, split + 8 * HOUR)]
-    assert replayed == one_by_one
-    assert {f["key"] for f in replayed if f["signal"] == "anomaly_rate"} == {"dev-00001", "dev-00002"}
-    assert json.dumps(runner.state.to_json()) == json.dumps(state.to_json())
-    partial = runner.backtest(split, split + 8 * HOUR)  # a caller that stops early: the read ahead is waited for
-    assert next(partial).to_json() == replayed[0]
-    partial.close()
-    store.close()

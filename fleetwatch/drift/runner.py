@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,16 +73,10 @@ class DriftRunner:
 
     def check(self, at: int, write: bool = True) -> list[Finding]:
         """Evaluate the window [at - window_s, at)."""
-        return self._check(at, self.read_window(at), write)
-
-    def read_window(self, at: int) -> dict[str, np.ndarray]:
-        """The columns a check of the window [at - window_s, at) reads: one row per device."""
         columns = drift_columns(self.schema)
-        return self._latest_per_device(
+        window = self._latest_per_device(
             self.store.read_frames(at - self.window_s, at, schema=self.schema, columns=columns)
         )
-
-    def _check(self, at: int, window: dict[str, np.ndarray], write: bool) -> list[Finding]:
         if not len(window["device"]):
             return []
         baselines = self._baselines(np.unique(window["model_id"]).tolist())
@@ -99,19 +92,11 @@ class DriftRunner:
         return findings
 
     def backtest(self, start: int, end: int) -> Iterator[Finding]:
-        """Replay the schedule over [start, end) window by window from a fresh state; nothing is written.
-
-        The next window is read on a thread of its own while this one is evaluated: the store's query
-        and the engine's array work then share the machine's cores (results as `check` one by one)."""
+        """Replay the schedule over [start, end) window by window from a fresh state; nothing is written."""
         self.state = EngineState()
         first = self.window_end(start) + (self.window_s if start % self.window_s else 0)
-        ends = list(range(max(first, start + self.window_s), end + 1, self.window_s))
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleetwatch-backtest-read") as reader:
-            ahead = [reader.submit(self.read_window, at) for at in ends[:1]]
-            for i, at in enumerate(ends):
-                window = ahead.pop().result()
-                ahead += [reader.submit(self.read_window, later) for later in ends[i + 1 : i + 2]]
-                yield from (f for f in self._check(at, window, write=False) if f.severity != "ok")
+        for at in range(max(first, start + self.window_s), end + 1, self.window_s):
+            yield from (f for f in self.check(at, write=False) if f.severity != "ok")
 
     def write(self, findings: Sequence[Finding]) -> None:
         if not findings:
