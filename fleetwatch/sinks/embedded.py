@@ -314,7 +314,7 @@ class EmbeddedStore:
         with self._write_lock, _classified():
             cursor = self._writer
             table = self._prepare(cursor, points)
-            # Read by DuckDB's replacement scan (`FROM _fleetwatch_points`); no table name starts with "_".
+            # Read by DuckDB's replacement scan (`FROM _fleetwatch_points`); no table has that name.
             columns = {TIME: points.time, **points.tags, **points.fields}
             if table.device_codes:
                 device = points.tags.get(SORT_TAG, np.full(len(points), "", dtype=object))
