@@ -24,19 +24,28 @@ departs from N(0, 1).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from _machine import describe
-from drift_quality import COHORT_SITE, DAY, ONSET, REFERENCE_DAYS, frames, revision, run_engine, scenarios, table
+from drift_quality import (
+    COHORT_SITE,
+    DAY,
+    ONSET,
+    REFERENCE_DAYS,
+    frames,
+    inventory_of,
+    reference_baseline,
+    revision,
+    run_engine,
+    scenarios,
+    table,
+)
 
-from fleetwatch.baselines import fit_reference
 from fleetwatch.drift.engine import DriftSettings, Scores, device_scores
 from fleetwatch.drift.sequential import detection_delay
-from fleetwatch.simulate import FleetSpec, inventory_csv, simulate, truth
+from fleetwatch.simulate import FleetSpec, simulate, truth
 
 
 @dataclass
@@ -54,19 +63,9 @@ class Fleet:
 def one_fleet(seed: int, args: argparse.Namespace, budgets: list[float]) -> Fleet:
     """Simulate fleet `seed` and run both scenarios at every budget."""
     spec = FleetSpec(n_devices=args.devices, seed=seed)
-    inventory = {
-        row["device"]: {k: v for k, v in row.items() if k != "device"}
-        for row in csv.DictReader(io.StringIO(inventory_csv(spec)))
-    }
+    inventory = inventory_of(spec)
     ref_w = REFERENCE_DAYS * DAY
-    reference = frames(simulate(spec, n_windows=ref_w))
-    baseline = fit_reference(
-        reference,
-        model_id=int(reference["model_id"][0]),
-        version="bench",
-        fitted_at=spec.start + ref_w * spec.window_s,
-        time_range=(spec.start, spec.start + ref_w * spec.window_s),
-    )
+    _, baseline = reference_baseline(spec, ref_w)
     cohort = scenarios(args.devices, ref_w)[-1]
     assert cohort.cohort == f"site={COHORT_SITE}" and cohort.change is not None
     shifted_w, control_w = ONSET + args.horizon, args.days * DAY

@@ -206,6 +206,27 @@ def frames(telemetry: Telemetry) -> dict[str, np.ndarray]:
     return out
 
 
+def inventory_of(spec: FleetSpec) -> dict[str, dict[str, str]]:
+    """The simulated fleet's inventory as `fleet.inventory` reads it: device -> {tag: value}."""
+    return {
+        row["device"]: {k: v for k, v in row.items() if k != "device"}
+        for row in csv.DictReader(io.StringIO(inventory_csv(spec)))
+    }
+
+
+def reference_baseline(spec: FleetSpec, ref_w: int) -> tuple[dict[str, np.ndarray], Baseline]:
+    """The first `ref_w` windows of the fleet (its reference period) and the baseline fitted on them."""
+    reference = frames(simulate(spec, n_windows=ref_w))
+    baseline = fit_reference(
+        reference,
+        model_id=int(reference["model_id"][0]),
+        version="bench-v1",
+        fitted_at=spec.start + ref_w * spec.window_s,
+        time_range=(spec.start, spec.start + ref_w * spec.window_s),
+    )
+    return reference, baseline
+
+
 def run_engine(
     columns: Mapping[str, np.ndarray],
     n_windows: int,
@@ -529,23 +550,13 @@ def main() -> None:
         parser.error('Evidently is not installed: pip install "evidently==0.7.23" "pandas<3", or --evidently-devices 0')
     started = time.perf_counter()
     spec = FleetSpec(n_devices=args.devices, seed=args.seed)
-    inventory = {
-        row["device"]: {k: v for k, v in row.items() if k != "device"}
-        for row in csv.DictReader(io.StringIO(inventory_csv(spec)))
-    }
+    inventory = inventory_of(spec)
     ids = np.array(sorted(inventory), dtype=object)
     sites = np.array([inventory[d]["site"] for d in ids.tolist()], dtype=object)
     ref_w, eval_w = REFERENCE_DAYS * DAY, args.days * DAY
     overrides = dict(item.split("=", 1) for item in args.set)
     settings = DriftSettings(**{name: float(value) for name, value in overrides.items()})
-    reference = frames(simulate(spec, n_windows=ref_w))
-    baseline = fit_reference(
-        reference,
-        model_id=int(reference["model_id"][0]),
-        version="bench-v1",
-        fitted_at=spec.start + ref_w * spec.window_s,
-        time_range=(spec.start, spec.start + ref_w * spec.window_s),
-    )
+    reference, baseline = reference_baseline(spec, ref_w)
     ref_features = features(reference, args.devices)
     first_at = spec.start + (ref_w + 1) * spec.window_s
     plan = scenarios(args.devices, ref_w)
