@@ -58,15 +58,29 @@ class Message:
 
 
 def acknowledge(messages: Iterable[Message]) -> None:
-    """Tell the sources that `messages` are durable: each one's `on_durable`, one `ack_to` call per source."""
+    """Tell the sources that `messages` are durable: each one's `on_durable`, one `ack_to` call per source.
+
+    A callback that raises is logged and the others still run: the frames are stored or quarantined by now,
+    so nothing may undo that. A sender that misses its acknowledgement sends again, and writes are
+    idempotent (one row per device and window).
+    """
     ids: dict[Callable[[list[int]], None], list[int]] = {}
     for message in messages:
         if message.on_durable is not None:
-            message.on_durable()
+            _guarded(message.on_durable)
         if message.ack_to is not None:
             ids.setdefault(message.ack_to, []).append(message.ack_id)
     for ack_to, batch in ids.items():
-        ack_to(batch)
+        _guarded(ack_to, batch)
+
+
+def _guarded(callback: Callable[..., None], *args: object) -> None:
+    try:
+        callback(*args)
+    except Exception:
+        log.exception(
+            "acknowledgement callback %r failed; the frames are kept, the sender may send them again", callback
+        )
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The pipeline against a real influxd: a 4xx from the store is quarantined with the server's reason."""
+"""The pipeline against a real influxd: a 4xx from the store is quarantined with the server's reason; an
+acknowledgement that fails after the frames are stored leaves them stored, not quarantined."""
 
 from __future__ import annotations
 
@@ -35,3 +36,27 @@ def test_a_field_type_conflict_is_quarantined_with_the_reason_not_retried(influx
     assert entry.raw == frame and entry.device == "dev-1" and entry.transport == "mqtt"
     assert acked == [1], "a quarantined message is durable, so it is acknowledged"
     assert pipeline.spool.is_empty()
+
+
+def test_a_failing_acknowledgement_leaves_stored_frames_stored(influx_db: str, tmp_path: Path) -> None:
+    store = open_store(influx_db)
+    pipeline = Pipeline(
+        store, Registry.builtin(), Quarantine(StateDB(tmp_path / "s.db")), Spool(tmp_path / "spool"), Metrics()
+    )
+    schema = Registry.builtin().get(1)
+    frames = encode_frames(schema, {"window_start": [1_795_000_000, 1_795_000_060], "window_s": [60, 60]})
+
+    def broken() -> None:
+        raise ConnectionError("the source went away")
+
+    acked: list[list[int]] = []
+    report = pipeline.process(
+        [
+            Message(frames[0].tobytes(), "dev-1", 1_795_000_100, "http", broken),
+            Message(frames[1].tobytes(), "dev-2", 1_795_000_100, "mqtt", ack_to=acked.append, ack_id=7),
+        ]
+    )
+    assert report.stored == 2 and report.quarantined == 0
+    assert pipeline.quarantine.list() == [] and acked == [[7]], "the other source is still acknowledged"
+    stored = store.read_frames(1_794_999_000, 1_795_001_000, schema=schema)
+    assert sorted(stored["device"].tolist()) == ["dev-1", "dev-2"]
