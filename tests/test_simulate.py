@@ -340,6 +340,17 @@ def test_inventory_csv_parses_with_the_csv_module() -> None:
     assert set(rows[0]) == {"device", "site", "hw"}
 
 
+def test_tag_shares_are_exact_and_placed_at_random() -> None:
+    shares = {"north": 0.05, "south": 0.25, "east": 0.35, "west": 0.35}
+    site = Fleet.of(FleetSpec(n_devices=1000, seed=3, tags={"site": shares})).tags["site"]
+    assert {name: int((site == name).sum()) for name in shares} == {"north": 50, "south": 250, "east": 350, "west": 350}
+    assert 0 < np.flatnonzero(site == "north").mean() < 999 and not (site[:50] == "north").all()
+    thirds = Fleet.of(FleetSpec(n_devices=10, tags={"hw": {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}})).tags["hw"]
+    assert sorted((thirds == v).sum() for v in "abc") == [3, 3, 4]
+    with pytest.raises(ValueError, match="shares"):
+        FleetSpec(tags={"site": {"north": 0.5, "south": 0.4}})
+
+
 def test_devices_without_a_clock_report_window_start_zero() -> None:
     t = simulate(FleetSpec(n_devices=40, seed=1, no_clock_fraction=0.25), n_windows=3)
     starts, synced = t.grid("window_start"), (t.grid("flags") & 1) > 0

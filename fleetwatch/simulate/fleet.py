@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,14 +62,22 @@ class Fleet:
             battery_phase=rng.random(n),
             seq_offset=rng.integers(0, 65536, n),
             has_clock=has_clock,
-            tags={
-                name: np.array(values, dtype=object)[rng.integers(len(values), size=n)]
-                for name, values in spec.tags.items()
-            },
+            tags={name: _tag_values(values, n, rng) for name, values in spec.tags.items()},
         )
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def _tag_values(values: Sequence[str] | Mapping[str, float], n: int, rng: np.random.Generator) -> np.ndarray:
+    """One value per device: drawn uniformly from a sequence, or in exact shares ({value: share}; largest
+    remainder) placed at random."""
+    if not isinstance(values, Mapping):
+        return np.array(values, dtype=object)[rng.integers(len(values), size=n)]
+    quota = np.array(list(values.values()), dtype=float) * n
+    counts = np.floor(quota).astype(np.int64)
+    counts[np.argsort(counts - quota, kind="stable")[: n - counts.sum()]] += 1
+    return np.repeat(np.array(list(values), dtype=object), counts)[rng.permutation(n)]
 
 
 @dataclass(frozen=True)

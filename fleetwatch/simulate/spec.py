@@ -63,7 +63,8 @@ class FleetSpec:
     Identity and time: `n_devices` devices named `{id_prefix}{index:05d}`, `seed` for every random draw,
     windows of `window_s` seconds, window 0 opening at Unix `start`; `no_clock_fraction` of the devices
     (chosen at random) have no clock and report window_start = 0. `tags` maps a tag name to its values;
-    each device draws one value per tag, uniformly.
+    each device draws one value per tag, uniformly. Given as {value: share} instead, the shares (summing to
+    1) are exact: round(share * n_devices) devices get each value (largest remainder), placed at random.
 
     Models: every device starts on (`model_id`, `fw_version`); `models` maps a model_id to its
     `ModelProfile` (unlisted models, including the initial one, behave as the baseline).
@@ -95,7 +96,9 @@ class FleetSpec:
     window_s: int = 3600
     start: int = 1_767_225_600
     id_prefix: str = "dev-"
-    tags: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: {"site": ("north", "south", "east", "west")})
+    tags: Mapping[str, tuple[str, ...] | Mapping[str, float]] = field(
+        default_factory=lambda: {"site": ("north", "south", "east", "west")}
+    )
     no_clock_fraction: float = 0.0
     model_id: int = model_crc("kws-a")
     fw_version: str = "1.0.0"
@@ -157,6 +160,12 @@ class FleetSpec:
         _check(self.received_delay_s >= 0, "received_delay_s must be >= 0")
         for name, values in self.tags.items():
             _check(len(values) > 0, f"tag {name!r} needs at least one value")
+            if isinstance(values, Mapping):
+                shares = list(values.values())
+                _check(
+                    min(shares) >= 0 and math.isclose(sum(shares), 1.0, abs_tol=1e-9),
+                    f"tag {name!r}: shares must be >= 0 and sum to 1",
+                )
 
     def sigma(self, channel: int | None = None) -> float | np.ndarray:
         """Standard deviation of one device's window means around its own level (all channels if None).
