@@ -254,8 +254,9 @@ class EmbeddedStore:
             # one transaction (one snapshot of the table and the dictionary of device ids)
             cursor.begin()
             # numbers into the values read before; a value not among them comes back NULL, and then the
-            # distinct values are read and the rows again
-            for fresh in (False, True):
+            # distinct values are read and the rows again (first, when this process has read none yet)
+            unread = any((measurement, tag) not in self._values for tag in coded)
+            for fresh in (True,) if unread else (False, True):
                 if fresh:
                     distinct = rows.aggregate(_distinct_lists(coded)).fetchone()
                     for tag, found in zip(coded, distinct, strict=True):
