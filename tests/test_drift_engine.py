@@ -254,18 +254,69 @@ def test_state_keeps_sums_open_findings_and_hot_devices_across_a_restart() -> No
     assert back.hot_devices("memory").tolist() == ["dev-c"]
     legacy = EngineState.from_json({"cusum": {"input_var_1": {"dev-q": [0.5, 0.0, 2]}}, "open": []})
     assert legacy.sums("input_var_1", np.array(["dev-q"])).upper.tolist() == [0.5]
+    # written when the cohorts' sums were among the devices': theirs move to the cohort table
+    mixed = {"input_mean_0": {"keys": ["dev-q", "fleet", "site=north"], "rows": [[1, 0, 1], [2, 0, 3], [0, 4, 2]]}}
+    moved = EngineState.from_json({"cusum": mixed, "open": []})
+    assert moved.cohort_cusum.to_json() == {
+        "input_mean_0": {"keys": ["fleet", "site=north"], "rows": [[2.0, 0.0, 3.0], [0.0, 4.0, 2.0]]}
+    }
+    assert moved.sums("input_mean_0", np.array(["dev-q"])).upper.tolist() == [1.0]
+    assert EngineState.from_json(json.loads(json.dumps(moved.to_json()))).cohort_cusum.to_json() == (
+        moved.cohort_cusum.to_json()
+    )
 
 
-def test_cusum_sums_of_devices_and_cohorts_share_one_key_index() -> None:
+def test_a_device_named_like_a_cohort_keeps_its_own_cusum() -> None:
+    """Devices and cohorts have separate CUSUM tables: a device called `fleet` or `site=north` must not step
+    the cohort's sums, nor they its. The same windows with two devices renamed give the same findings."""
+    spec = FleetSpec(n_devices=40, seed=5, tags={"site": ("north", "south")})
+    telemetry = simulate(
+        spec, [Change("input_mean_shift", 6.0, Target(devices=tuple(range(8))), onset=REF)], n_windows=REF + 3
+    )
+    window = np.asarray(telemetry.window)
+    inventory = {
+        r["device"]: {k: v for k, v in r.items() if k != "device"}
+        for r in csv.DictReader(io.StringIO(inventory_csv(spec)))
+    }
+    renamed = {"dev-00000": "fleet", "dev-00001": "site=north"}
+    results = []
+    for names in ({}, renamed):
+
+        def columns(rows: np.ndarray, names: dict[str, str] = names) -> dict[str, np.ndarray]:
+            out = flat(telemetry, rows)
+            out["device"] = np.array([names.get(d, d) for d in out["device"].tolist()], dtype=object)
+            return out
+
+        ref = columns(window < REF)
+        baseline = fit_reference(ref, model_id=int(ref["model_id"][0]), version="v1", fitted_at=0, time_range=(0, 1))
+        state, found = EngineState(), []
+        for w in range(REF, REF + 3):
+            now = columns(window == w)
+            masks = cohort_masks(now, {names.get(d, d): tags for d, tags in inventory.items()})
+            findings, state = evaluate(
+                now, {baseline.model_id: baseline}, masks, state, DriftSettings(), spec.start + (w + 1) * 3600, 3600
+            )
+            back = {v: k for k, v in names.items()}
+            found += [
+                (f.scope, back.get(f.key, f.key) if f.scope == "device" else f.key, f.signal, f.severity, f.statistic)
+                for f in findings
+            ]
+        results.append(sorted(found, key=repr))
+    assert results[0] == results[1]
+    alarmed = {(scope, key) for scope, key, _, severity, _ in results[1] if severity != "ok"}
+    assert {("fleet", "fleet"), ("device", "dev-00000"), ("device", "dev-00001")} <= alarmed
+
+
+def test_cusum_sums_of_many_streams_share_one_key_index() -> None:
     devices = np.array(["d0", "d1", "d2"], dtype=object)
     table = SumTable().with_keys(devices)
     index, _ = table.keys.positions(devices)
     sums = CusumState(np.array([1.0, 0.0, 2.0]), np.array([0.0, 0.0, 0.5]), np.array([2, 7, 1]))
     table = table.put_at("input_mean_0", index, sums)  # the window's devices are the table's first rows
-    table = table.put("input_mean_0", np.array(["fleet"]), CusumState(np.ones(1), np.zeros(1), np.ones(1, int)))
+    table = table.put("input_mean_0", np.array(["d9"]), CusumState(np.ones(1), np.zeros(1), np.ones(1, int)))
     got = table.at("input_mean_0", index)
     assert got.upper.tolist() == [1.0, 0.0, 2.0] and got.run.tolist() == [2, 0, 1]  # at rest: run 0
-    assert table.get("input_mean_0", np.array(["d2", "fleet", "dx"])).upper.tolist() == [2.0, 1.0, 0.0]
+    assert table.get("input_mean_0", np.array(["d2", "d9", "dx"])).upper.tolist() == [2.0, 1.0, 0.0]
     table = table.put_at(
         "input_mean_0", np.array([2, 0]), CusumState(np.array([5.0, 6.0]), np.zeros(2), np.ones(2, int))
     )
@@ -275,9 +326,7 @@ def test_cusum_sums_of_devices_and_cohorts_share_one_key_index() -> None:
     assert (
         back.to_json()
         == table.to_json()
-        == {
-            "input_mean_0": {"keys": ["d0", "d2", "fleet"], "rows": [[6.0, 0.0, 1.0], [5.0, 0.0, 1.0], [1.0, 0.0, 1.0]]}
-        }
+        == {"input_mean_0": {"keys": ["d0", "d2", "d9"], "rows": [[6.0, 0.0, 1.0], [5.0, 0.0, 1.0], [1.0, 0.0, 1.0]]}}
     )
 
 

@@ -35,7 +35,7 @@ pools shifts no single device can show, and the number of devices in alarm again
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 
@@ -122,7 +122,7 @@ SEQUENTIAL = tuple(f"input_mean_{c}" for c in range(CHANNELS)) + tuple(f"input_v
 
 @dataclass(frozen=True, eq=False)
 class SumTable:
-    """The CUSUM sums of every signal and stream (device ids, cohort names): the streams numbered by one
+    """The CUSUM sums of every signal and stream (device ids, or cohort names): the streams numbered by one
     `KeyIndex` that all signals share, and per signal a (3, streams) array: upper, lower and run of every
     stream in that order (a window's devices are then a run of each row, copied as one block). A stream
     a signal has not set is at rest: (0, 0, 0)."""
@@ -168,12 +168,16 @@ class SumTable:
         return out
 
     @classmethod
-    def from_json(cls, data: Mapping[str, dict]) -> SumTable:
+    def from_json(cls, data: Mapping[str, dict], keep: Callable[[str], bool] | None = None) -> SumTable:
+        """The table `to_json` wrote; with `keep`, only the streams whose key it accepts."""
         table = cls()
         for signal, part in data.items():
             if not {"keys", "rows"} <= part.keys():  # written before the columnar form: {key: [upper, lower, run]}
                 part = {"keys": list(part), "rows": list(part.values())}
             keys, rows = part["keys"], part["rows"]
+            if keep is not None:
+                kept = [i for i, key in enumerate(keys) if keep(key)]
+                keys, rows = [keys[i] for i in kept], [rows[i] for i in kept]
             rows = np.array(rows, dtype=float).reshape(-1, 3)
             sums = CusumState(rows[:, 0], rows[:, 1], rows[:, 2].astype(np.int64))
             table = table.put(signal, np.array(keys, dtype=str), sums)
@@ -252,12 +256,14 @@ def _scatter(rows: Mapping[str, np.ndarray], signals: Sequence[str], index: np.n
 
 @dataclass(frozen=True)
 class EngineState:
-    """Carried from window to window: CUSUM sums by signal, the open findings, and the (signal, device)
-    pairs whose snapshot test was significant in the last window ("hot")."""
+    """Carried from window to window: the devices' CUSUM sums by signal, the open findings, the (signal,
+    device) pairs whose snapshot test was significant in the last window ("hot"), and the cohorts' CUSUM
+    sums (a table of their own: a device may have a cohort's name, `fleet` say)."""
 
     cusum: SumTable = field(default_factory=SumTable)
     open: frozenset[tuple[str, str, str]] = frozenset()
     hot: frozenset[tuple[str, str]] = frozenset()
+    cohort_cusum: SumTable = field(default_factory=SumTable)
 
     def sums(self, signal: str, keys: np.ndarray) -> CusumState:
         return self.cusum.get(signal, keys)
@@ -289,12 +295,21 @@ class EngineState:
             "cusum": self.cusum.to_json(),
             "open": sorted(list(x) for x in self.open),
             "hot": sorted(list(x) for x in self.hot),
+            "cohort_cusum": self.cohort_cusum.to_json(),
         }
 
     @classmethod
     def from_json(cls, data: dict) -> EngineState:
-        cusum = SumTable.from_json(data["cusum"])
-        return cls(cusum, frozenset(tuple(x) for x in data["open"]), frozenset(tuple(x) for x in data.get("hot", [])))
+        if "cohort_cusum" in data:
+            cohorts = SumTable.from_json(data["cohort_cusum"])
+        else:  # written when the cohorts' sums were among the devices': `fleet` and the `tag=value` names
+            cohorts = SumTable.from_json(data["cusum"], keep=lambda key: key == "fleet" or "=" in key)
+        return cls(
+            SumTable.from_json(data["cusum"]),
+            frozenset(tuple(x) for x in data["open"]),
+            frozenset(tuple(x) for x in data.get("hot", [])),
+            cohorts,
+        )
 
 
 @dataclass(frozen=True)
@@ -473,14 +488,17 @@ def evaluate(
                 int(model),
             )
     used = [baselines[int(m)].score_error_var for m in models if int(m) in baselines]
+    group_sums = _Sums(state.cohort_cusum)
     findings += _group_findings(
-        cohorts, stouffer_z, alarms, sums, state.open, settings, max(used, default=0.0), at, window_s
+        cohorts, stouffer_z, alarms, group_sums, state.open, settings, max(used, default=0.0), at, window_s
     )
     identities = [f.identity for f in findings]
     evaluated = set(identities)
     still_open = {i for i in state.open if i not in evaluated}
     open_now = frozenset(still_open | {i for i, f in zip(identities, findings, strict=True) if f.severity != "ok"})
-    return findings, replace(state, cusum=sums.table(), open=open_now, hot=frozenset(hot_now))
+    return findings, replace(
+        state, cusum=sums.table(), open=open_now, hot=frozenset(hot_now), cohort_cusum=group_sums.table()
+    )
 
 
 def _base(signal: str) -> str:
