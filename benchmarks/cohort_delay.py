@@ -1,14 +1,14 @@
-"""Cohort detection over many simulated fleets: how soon the site's cohort finds a shift in a fifth of its
-devices, and how often cohorts alarm on a fleet where nothing changed, for several cohort budgets at once.
+"""Cohort detection over many simulated fleets: how soon a site's cohort finds a shift of its devices, and how
+often cohorts alarm on a fleet where nothing changed, for several cohort budgets at once.
 
 drift_quality.py measures every scenario on one fleet; a cohort's detection delay is then one draw of a
-random variable. Here each of `--seeds` fleets (`FleetSpec(seed=s)`, `--devices` devices, hourly windows,
-sites north/south/east/west) gets a baseline fitted on 7 reference days, then:
+random variable. Here each of `--seeds` fleets (drift_quality.py's `fleet_spec(devices, seed=s)`: hourly
+windows, sites of 5%, 25%, 35% and 35% of the devices) gets a baseline fitted on 7 reference days, then:
 
-- the cohort scenario of drift_quality.py: +0.5 sigma on channel 0 for 50 devices of site=north (5% of the
-  fleet) from window 36 of the evaluated period, evaluated for 36 + `--horizon` windows; the delay is the
-  first window at or after the onset with a non-ok input_mean or device_alarms finding on site=north (1 = the
-  onset window; censored at `--horizon`);
+- drift_quality.py's two cohort scenarios: +0.5 sigma on channel 0 for every device of site=north (50 of
+  1,000), and for 50 of the 250 devices of site=south, from window 36 of the evaluated period, each evaluated
+  for 36 + `--horizon` windows; the delay is the first window at or after the onset with a non-ok input_mean
+  or device_alarms finding on the site's cohort (1 = the onset window; censored at `--horizon`);
 - the control (no change) over `--days` days: every non-ok cohort or fleet finding is a false alarm.
 
 Each budget in `--budgets` (`DriftSettings.cohort_arl0_windows`, expected windows between a cohort's false
@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from _machine import describe
 from drift_quality import (
-    COHORT_SITE,
     DAY,
     ONSET,
     REFERENCE_DAYS,
+    fleet_spec,
     frames,
     inventory_of,
     reference_baseline,
@@ -45,55 +45,71 @@ from drift_quality import (
 
 from fleetwatch.drift.engine import DriftSettings, Scores, device_scores
 from fleetwatch.drift.sequential import detection_delay
-from fleetwatch.simulate import FleetSpec, simulate, truth
+from fleetwatch.simulate import simulate, truth
+
+
+@dataclass
+class Case:
+    """One cohort scenario on one fleet: the site's expected Stouffer Z per window, the standard deviation of
+    its Z over the control's windows, and per budget the delay (NaN when not found within the horizon)."""
+
+    z: float
+    control_z_sd: float
+    delays: dict[float, float] = field(default_factory=dict)
 
 
 @dataclass
 class Fleet:
-    """One simulated fleet: the site's expected Stouffer Z per window, the bias variance of the devices'
-    fitted profiles, and per budget (the site's delay, NaN when not found within the horizon; cohort and
-    fleet false alarms in the control)."""
+    """One simulated fleet: the bias variance of the devices' fitted profiles, the cohort scenarios by name,
+    and per budget the cohort and fleet false alarms in the control."""
 
-    z: float
     error_var: float
-    control_z_sd: float
-    runs: dict[float, tuple[float, int]] = field(default_factory=dict)
+    cases: dict[str, Case] = field(default_factory=dict)
+    false_alarms: dict[float, int] = field(default_factory=dict)
 
 
 def one_fleet(seed: int, args: argparse.Namespace, budgets: list[float]) -> Fleet:
-    """Simulate fleet `seed` and run both scenarios at every budget."""
-    spec = FleetSpec(n_devices=args.devices, seed=seed)
+    """Simulate fleet `seed` and run the cohort scenarios and the control at every budget."""
+    spec = fleet_spec(args.devices, seed)
     inventory = inventory_of(spec)
     ref_w = REFERENCE_DAYS * DAY
     _, baseline = reference_baseline(spec, ref_w)
-    cohort = scenarios(args.devices, ref_w)[-1]
-    assert cohort.cohort == f"site={COHORT_SITE}" and cohort.change is not None
     shifted_w, control_w = ONSET + args.horizon, args.days * DAY
-    shifted = frames(simulate(spec, [cohort.change], n_windows=shifted_w, start_window=ref_w))
     control = frames(simulate(spec, n_windows=control_w, start_window=ref_w))
     first_at = spec.start + (ref_w + 1) * spec.window_s
-    site = sum(1 for tags in inventory.values() if tags["site"] == COHORT_SITE)
-    moved = int(truth(spec, [cohort.change]).targets[0].sum())
     ratio = spec.sigma(0) / (baseline.channels[0].sigma_within * baseline.score_scale)
-    north = np.array([inventory[d]["site"] == COHORT_SITE for d in control["device"][::control_w].tolist()])
+    sites = np.array([inventory[d]["site"] for d in control["device"][::control_w].tolist()])
     settings = DriftSettings()
-    control_z = []
-    for j in range(control_w):
-        rows = {k: v[j::control_w] for k, v in control.items()}
-        control_z.append(site_z(device_scores(rows, baseline, settings, first_at + j * spec.window_s), north))
-    out = Fleet(moved * cohort.change.value * ratio / np.sqrt(site), baseline.score_error_var, float(np.std(control_z)))
+    control_scores = [
+        device_scores(
+            {k: v[j::control_w] for k, v in control.items()}, baseline, settings, first_at + j * spec.window_s
+        )
+        for j in range(control_w)
+    ]
+    fleet = Fleet(baseline.score_error_var)
+    for scenario in (s for s in scenarios(args.devices, ref_w) if s.cohort and s.change):
+        members = sites == scenario.cohort.partition("=")[2]
+        moved = int(truth(spec, [scenario.change]).targets[0].sum())
+        case = Case(
+            moved * scenario.change.value * ratio / np.sqrt(members.sum()),
+            float(np.std([site_z(scores, members) for scores in control_scores])),
+        )
+        shifted = frames(simulate(spec, [scenario.change], n_windows=shifted_w, start_window=ref_w))
+        for budget in budgets:
+            settings = DriftSettings(cohort_arl0_windows=budget)
+            alerts, _ = run_engine(shifted, shifted_w, baseline, inventory, settings, first_at, spec.window_s)
+            found = [
+                j
+                for j, scope, key, signal in alerts
+                if scope == "cohort" and key == scenario.cohort and j >= ONSET and signal.startswith(scenario.signals)
+            ]
+            case.delays[budget] = min(found) - ONSET + 1 if found else np.nan
+        fleet.cases[scenario.name] = case
     for budget in budgets:
         settings = DriftSettings(cohort_arl0_windows=budget)
-        alerts, _ = run_engine(shifted, shifted_w, baseline, inventory, settings, first_at, spec.window_s)
-        found = [
-            j
-            for j, scope, key, signal in alerts
-            if scope == "cohort" and key == cohort.cohort and j >= ONSET and signal.startswith(cohort.signals)
-        ]
-        delay = min(found) - ONSET + 1 if found else np.nan
         alerts, _ = run_engine(control, control_w, baseline, inventory, settings, first_at, spec.window_s)
-        out.runs[budget] = (delay, sum(1 for _, scope, _, _ in alerts if scope != "device"))
-    return out
+        fleet.false_alarms[budget] = sum(1 for _, scope, _, _ in alerts if scope != "device")
+    return fleet
 
 
 def site_z(scores: Scores, members: np.ndarray) -> float:
@@ -133,37 +149,42 @@ def main() -> None:
     budgets = [float(b) for b in args.budgets.split(",")]
     started = time.perf_counter()
     runs = [one_fleet(seed, args, budgets) for seed in range(1, args.seeds + 1)]
-    z = np.array([run.z for run in runs])
     print(
         f"Command: `python benchmarks/cohort_delay.py --seeds {args.seeds} --devices {args.devices} --days "
         f"{args.days} --horizon {args.horizon} --budgets {args.budgets}`\n\nMachine: {describe()}\n\n"
-        f"Code: {revision()}\n\nThe site's expected Stouffer Z per window over the {args.seeds} fleets: mean "
-        f"{z.mean():.2f} (min {z.min():.2f}, max {z.max():.2f}); the standard deviation of its Z over the control's "
-        f"windows (1 for N(0, 1) scores): mean {np.mean([run.control_z_sd for run in runs]):.2f} (min "
-        f"{min(run.control_z_sd for run in runs):.2f}, max {max(run.control_z_sd for run in runs):.2f}).\n"
+        f"Code: {revision()}\n"
     )
     rows = []
-    for budget in budgets:
-        settings = DriftSettings(cohort_arl0_windows=budget)
-        h = float(np.mean([settings.cohort_h(run.error_var) for run in runs]))
-        delays = np.array([run.runs[budget][0] for run in runs])
-        found = delays[np.isfinite(delays)]
-        false = sum(run.runs[budget][1] for run in runs)
-        rows.append(
-            [
-                f"{budget:,.0f}",
-                f"{h:.2f}",
-                f"{detection_delay(h, settings.cohort_delta, float(z.mean())):.1f}",
-                f"{simulated_delay(h, settings.cohort_delta, float(z.mean())):.1f}",
-                _censored(np.median(np.nan_to_num(delays, nan=np.inf)), args.horizon),
-                f"{found.mean():.1f}" if len(found) else "-",
-                f"{100 * np.mean(np.nan_to_num(delays, nan=np.inf) <= 6):.0f}%",
-                f"{len(found)}/{len(delays)}",
-                f"{false} in {args.seeds * args.days} fleet-days",
-            ]
+    for name in runs[0].cases:
+        cases = [run.cases[name] for run in runs]
+        z, spread = np.array([case.z for case in cases]), np.array([case.control_z_sd for case in cases])
+        print(
+            f"{name}: the site's expected Stouffer Z per window over the {args.seeds} fleets: mean {z.mean():.2f} "
+            f"(min {z.min():.2f}, max {z.max():.2f}); the standard deviation of its Z over the control's windows "
+            f"(1 for N(0, 1) scores): mean {spread.mean():.2f} (min {spread.min():.2f}, max {spread.max():.2f}).\n"
         )
+        for budget in budgets:
+            settings = DriftSettings(cohort_arl0_windows=budget)
+            h = float(np.mean([settings.cohort_h(run.error_var) for run in runs]))
+            delays = np.array([case.delays[budget] for case in cases])
+            found = delays[np.isfinite(delays)]
+            rows.append(
+                [
+                    name,
+                    f"{budget:,.0f}",
+                    f"{h:.2f}",
+                    f"{detection_delay(h, settings.cohort_delta, float(z.mean())):.1f}",
+                    f"{simulated_delay(h, settings.cohort_delta, float(z.mean())):.1f}",
+                    _censored(np.median(np.nan_to_num(delays, nan=np.inf)), args.horizon),
+                    f"{found.mean():.1f}" if len(found) else "-",
+                    f"{100 * np.mean(np.nan_to_num(delays, nan=np.inf) <= 6):.0f}%",
+                    f"{len(found)}/{len(delays)}",
+                    f"{sum(run.false_alarms[budget] for run in runs)} in {args.seeds * args.days} fleet-days",
+                ]
+            )
     table(
         [
+            "scenario",
             "cohort_arl0_windows",
             "cohort h (mean)",
             "expected delay (Siegmund)",
@@ -175,6 +196,7 @@ def main() -> None:
             "cohort/fleet false alarms, control",
         ],
         rows,
+        left=1,
     )
     print(f"\nWhole run {time.perf_counter() - started:.0f} s.")
 

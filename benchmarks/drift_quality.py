@@ -3,17 +3,20 @@
 A fleet of `--devices` devices reports hourly. The first 7 days are the reference period: one baseline is
 fitted on them (`fleetwatch.baselines.fit_reference`). The next `--days` days are evaluated window by window
 with `fleetwatch.drift.engine.evaluate` (default `DriftSettings`; cohorts from `cohort_masks`: the inventory's
-site tag, fw_version, model_id and the fleet). Each scenario changes 10% of the devices (the cohort scenario:
-5% of them, all of one site) from window 36 of the evaluated period (noon of its second day):
+site tag, fw_version, model_id and the fleet; the sites hold 5%, 25%, 35% and 35% of the devices). Each scenario
+changes 10% of the devices (the cohort scenarios: 5% of them, in one site) from window 36 of the evaluated period
+(noon of its second day):
 
 - control: no change (false alarms only);
 - input mean +1 sigma on channel 0 (recall within 48 windows; delay against Siegmund's approximation);
 - confidence degradation 0.3, class priors (0.4, 0.3, 0.2, 0.1) -> (0.2, 0.2, 0.3, 0.3), input variance
   doubled on channel 0, anomaly rate 2% -> 8% (recall within 24 windows each);
-- cohort: +0.5 sigma on channel 0 for 50 devices of site=north, to be found at cohort level within 6 windows.
+- cohort: +0.5 sigma on channel 0 for every device of site=north (50 devices), to be found at cohort level
+  within 6 windows: a cause the devices sharing a site tag share;
+- cohort, a minority: the same shift for 50 of the 250 devices of site=south, to be found on site=south.
 
 A change is detected at the first window at or after its onset with a non-ok finding of a matching signal on
-the changed device (cohort scenario: on the site's cohort); delay 1 = found in the onset window. A false alarm
+the changed device (cohort scenarios: on the site's cohort); delay 1 = found in the onset window. A false alarm
 is a non-ok finding on a device or cohort the change did not touch, or before the onset.
 
 Side by side, what a user would run per device without fleetwatch: once a day, each device's 24 window-level
@@ -26,7 +29,7 @@ idle windows dropped) against its own 7 reference days:
   `--evidently-devices` devices of each scenario (changed ones, from the onset day on, 3 days) and of the
   control run (every day), on two processes;
 - a plain two-sample K-S test per column (`scipy.stats.ks_2samp`, p < 0.05) on every device and day, and the
-  same with a Bonferroni correction over the columns (p < 0.05 / 23); for the cohort scenario, the K-S test
+  same with a Bonferroni correction over the columns (p < 0.05 / 23); for the cohort scenarios, the K-S test
   on each site's devices pooled.
 
 A daily check can only alarm when a day closes: with the onset at noon its first chance is 12 windows in.
@@ -75,7 +78,8 @@ DAY = 24
 #: Window of the evaluated period at which every change starts (noon of its second day).
 ONSET = 36
 ALPHA = 0.05
-COHORT_SITE = "north"
+#: Each site's share of the fleet (exact): the cohort scenarios shift all of site=north, a fifth of site=south.
+SITES = {"north": 0.05, "south": 0.25, "east": 0.35, "west": 0.35}
 EVIDENTLY_DAYS = 3
 ENGINE = "fleetwatch engine, every window"
 KS = f"K-S per device and column, p < {ALPHA}, daily"
@@ -140,7 +144,8 @@ def scenarios(n_devices: int, first_window: int) -> list[Scenario]:
     """The scenarios, for changes that start ONSET windows after `first_window` (the first evaluated)."""
     onset = first_window + ONSET
     many = Target(count=max(n_devices // 10, 1), seed=1)
-    few = Target(where=f"site={COHORT_SITE}", count=max(n_devices // 20, 1), seed=2)
+    site = Target(where="site=north")
+    few = Target(where="site=south", count=max(n_devices // 20, 1), seed=2)
     return [
         Scenario("control", None),
         Scenario(
@@ -175,14 +180,27 @@ def scenarios(n_devices: int, first_window: int) -> list[Scenario]:
             "anomaly rate 2% -> 8%", Change("anomaly_rate", 0.08, many, onset), ("anomaly_rate",), ("anomaly_rate",), 24
         ),
         Scenario(
-            f"cohort: +0.5 sigma (ch 0), {few.count} devices of site={COHORT_SITE}",
+            f"cohort: +0.5 sigma (ch 0), all {round(SITES['north'] * n_devices)} devices of site=north",
+            Change("input_mean_shift", 0.5, site, onset, channels=(0,)),
+            ("input_mean", "device_alarms"),
+            ("input_mean",),
+            6,
+            cohort="site=north",
+        ),
+        Scenario(
+            f"cohort: +0.5 sigma (ch 0), {few.count} of the {round(SITES['south'] * n_devices)} devices of site=south",
             Change("input_mean_shift", 0.5, few, onset, channels=(0,)),
             ("input_mean", "device_alarms"),
             ("input_mean",),
             6,
-            cohort=f"site={COHORT_SITE}",
+            cohort="site=south",
         ),
     ]
+
+
+def fleet_spec(n_devices: int, seed: int) -> FleetSpec:
+    """The benchmark's fleet: hourly windows, the default devices, sites in the shares of `SITES`."""
+    return FleetSpec(n_devices=n_devices, seed=seed, tags={"site": SITES})
 
 
 def frames(telemetry: Telemetry) -> dict[str, np.ndarray]:
@@ -439,14 +457,15 @@ def _groups(groups: Counter[tuple[str, str]]) -> str:
 def report(
     plan: Sequence[Scenario],
     results: Mapping[str, Mapping[str, Detection]],
-    engine_devices: np.ndarray,
+    device_delays: Mapping[str, np.ndarray],
     settings: DriftSettings,
     baseline: Baseline,
     sigma: float,
-    site_size: int,
+    site_sizes: Mapping[str, tuple[int, int]],
 ) -> None:
     """The markdown tables: false alarms on the control run, detection per scenario, delays vs Siegmund;
-    `sigma` is the simulator's 1 sigma of channel 0."""
+    `sigma` is the simulator's 1 sigma of channel 0; per cohort scenario, the changed devices' delays found
+    individually and (changed devices, site size)."""
     h = settings.device_h(baseline.score_bias_var)
     cohort_h = settings.cohort_h(baseline.score_error_var)
     control = results[plan[0].name]
@@ -490,18 +509,32 @@ def report(
             for s in plan[1:]
         ],
     )
-    cohort = plan[-1]
-    print(
-        f"\nCohort scenario: the engine row is the site's cohort; individually the engine found "
-        f"{Detection(engine_devices).recall(48)} of the {len(engine_devices)} shifted devices within 48 windows "
-        f"and {int(np.isfinite(engine_devices).sum())} by the end of the run. Evidently was not run per site."
-    )
+    cohorts = [s for s in plan if s.cohort and s.change]
+    for cohort in cohorts:
+        found = device_delays[cohort.name]
+        print(
+            f"\n{cohort.name}: the engine row is the site's cohort; individually the engine found "
+            f"{Detection(found).recall(48)} of the {len(found)} shifted devices within 48 windows "
+            f"and {int(np.isfinite(found).sum())} by the end of the run."
+        )
+    print("\nEvidently was not run per site.")
 
     shift = plan[1]
     delays = results[shift.name][ENGINE].delays
     h0 = threshold(24_000, 1.0)
     ratio = sigma / (baseline.channels[0].sigma_within * baseline.score_scale)
-    per_window = cohort.change.target.count * cohort.change.value * ratio / np.sqrt(site_size)
+    pooled = []
+    for cohort in cohorts:
+        moved, size = site_sizes[cohort.name]
+        per_window = moved * cohort.change.value * ratio / np.sqrt(size)
+        pooled.append(
+            [
+                f"{cohort.name}: the site's Stouffer CUSUM (h = {cohort_h:.2f}, delta {settings.cohort_delta:g}): "
+                f"Z = {per_window:.2f} per window (mean z {per_window / np.sqrt(size):.3f}, "
+                f"cohort_min_shift {settings.cohort_min_shift})",
+                f"{detection_delay(cohort_h, settings.cohort_delta, per_window):.1f}",
+            ]
+        )
     print("\n### Delay against Siegmund's approximation\n")
     table(
         ["quantity", "windows"],
@@ -523,12 +556,7 @@ def report(
                 f"measured ({shift.name}): median (mean) delay of the {int(np.isfinite(delays).sum())} found",
                 f"{fmt(np.nanmedian(delays), '.0f')} ({fmt(np.nanmean(delays), '.1f')})",
             ],
-            [
-                f"cohort scenario, the site's Stouffer CUSUM (h = {cohort_h:.2f}, delta {settings.cohort_delta:g}): "
-                f"Z = {per_window:.2f} per window (mean z {per_window / np.sqrt(site_size):.3f}, "
-                f"cohort_min_shift {settings.cohort_min_shift})",
-                f"{detection_delay(cohort_h, settings.cohort_delta, per_window):.1f}",
-            ],
+            *pooled,
         ],
     )
 
@@ -549,7 +577,7 @@ def main() -> None:
     if args.evidently_devices and importlib.util.find_spec("evidently") is None:
         parser.error('Evidently is not installed: pip install "evidently==0.7.23" "pandas<3", or --evidently-devices 0')
     started = time.perf_counter()
-    spec = FleetSpec(n_devices=args.devices, seed=args.seed)
+    spec = fleet_spec(args.devices, args.seed)
     inventory = inventory_of(spec)
     ids = np.array(sorted(inventory), dtype=object)
     sites = np.array([inventory[d]["site"] for d in ids.tolist()], dtype=object)
@@ -568,7 +596,9 @@ def main() -> None:
 
     results: dict[str, dict[str, Detection]] = {}
     jobs: list[EvidentlyJob] = []
-    control = ks_control = engine_devices = np.zeros(0)
+    control = ks_control = np.zeros(0)
+    device_delays: dict[str, np.ndarray] = {}
+    site_sizes: dict[str, tuple[int, int]] = {}
     engine_seconds = 0.0
     for scenario in plan:
         changes = [scenario.change] if scenario.change else []
@@ -579,7 +609,9 @@ def main() -> None:
         touched |= {f"site={s}" for s in set(sites[targets].tolist())}
         alerts, took = run_engine(columns, eval_w, baseline, inventory, settings, first_at, spec.window_s)
         engine_seconds += took
-        engine, engine_devices = score_engine(alerts, scenario, targeted, touched, args.devices, eval_w)
+        engine, device_delays[scenario.name] = score_engine(alerts, scenario, targeted, touched, args.devices, eval_w)
+        if scenario.cohort:
+            site_sizes[scenario.name] = (len(targeted), int((sites == scenario.cohort.partition("=")[2]).sum()))
         results[scenario.name] = {ENGINE: engine}
         current = features(columns, args.devices)
         if scenario.change is None:
@@ -605,8 +637,7 @@ def main() -> None:
             ]
         print(f"<!-- {scenario.name}: {len(alerts)} non-ok findings, evaluate {took:.1f} s -->")
     evidently_line = run_evidently(jobs, results) if jobs else "Evidently skipped (--evidently-devices 0)."
-    site_size = int((sites == COHORT_SITE).sum())
-    report(plan, results, engine_devices, settings, baseline, spec.sigma(0), site_size)
+    report(plan, results, device_delays, settings, baseline, spec.sigma(0), site_sizes)
     print(f"\n{evidently_line}")
     print(
         f"Engine: {engine_seconds:.1f} s of `evaluate` for {len(plan) * eval_w} windows of {args.devices} devices "
