@@ -270,3 +270,40 @@ def test_docs_quote_the_thresholds_the_code_computes() -> None:
 
 def test_docstring_examples() -> None:
     assert doctest.testmod(sequential, raise_on_error=False).failed == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cusum_update_steps_sums_tables_in_place_as_cusum_step_does(seed: int, drift_kernels: str) -> None:
+    """Both implementations (C and numpy) against `cusum_step` on the gathered streams: the same floats, the
+    same tables after, rows at rest and not in the window left alone; NaN scores, alarms and resets included."""
+    rng = np.random.default_rng(seed)
+    signals, streams, rows = 3, 500, 300
+    tables = [np.abs(rng.normal(0, 2, (3, streams))) for _ in range(signals)]
+    for table in tables:
+        table[:, rng.random(streams) < 0.3] = 0.0  # at rest
+        table[2] = np.where(table[0] + table[1] > 0, rng.integers(1, 40, streams), 0)
+    index = rng.permutation(streams)[:rows]
+    z = rng.normal(0.5, 2.0, (signals, rows))
+    z[rng.random(z.shape) < 0.1] = np.nan
+    h = np.array([[2.0], [4.0], [8.0]])
+    before = [table.copy() for table in tables]
+    expected = sequential.cusum_step(
+        CusumState(
+            *(np.stack([t[part, index] for t in before]) for part in range(2)),
+            np.stack([t[2, index] for t in before]).astype(np.int64),
+        ),
+        z,
+        1.0,
+        h,
+    )
+    step = sequential.cusum_update(tables, index, z, 1.0, h)
+    assert step.alarm.any() and (~step.alarm).any()
+    for name in ("alarm", "statistic", "run_mean"):
+        np.testing.assert_array_equal(getattr(step, name), getattr(expected, name), err_msg=name)
+    np.testing.assert_array_equal(step.run, expected.state.run)
+    untouched = np.setdiff1d(np.arange(streams), index)
+    for j, (table, old) in enumerate(zip(tables, before, strict=True)):
+        np.testing.assert_array_equal(table[:, untouched], old[:, untouched])
+        np.testing.assert_array_equal(table[0, index], expected.state.upper[j])
+        np.testing.assert_array_equal(table[1, index], expected.state.lower[j])
+        np.testing.assert_array_equal(table[2, index], expected.state.run[j])

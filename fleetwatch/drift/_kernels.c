@@ -7,6 +7,7 @@
  *   psi              population stability index with PSI_EPS smoothing
  *   accuracy         label-free accuracy from a confidence histogram and its standard error
  *   betabinom_sf     beta-binomial upper tail by betabinom_sf's rule (rows it cannot do come back NaN)
+ *   cusum            one window of sequential.cusum_step on the streams of a sums table, updated in place
  *
  * Floats: every row sum is numpy's pairwise sum taken in numpy's order, and no product is fused into a sum,
  * so Pearson's chi2, df and the accuracy estimate and its se are the numpy path's to the bit. G and PSI take
@@ -431,6 +432,57 @@ static PyObject *betabinom_sf(PyObject *self, PyObject *args) {
     return finish(v, 4, NULL);
 }
 
+/* One CUSUM step of sequential.cusum_step for the streams at rows index of table (upper, lower and run, as
+ * (3, streams) float64), updated in place, with what the engine reads of the step per row: the new run, the
+ * alarm, the statistic and the run's mean. The same operations in the same order as the numpy code, so the
+ * same floats. */
+static void cusum_rows(double *table, Py_ssize_t streams, const int64_t *index, const double *z, Py_ssize_t rows,
+                       double k, double h, int64_t *run, uint8_t *alarm, double *statistic, double *run_mean) {
+    double *up = table, *down = table + streams, *runs = table + 2 * streams;
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        Py_ssize_t i = (Py_ssize_t)index[r];
+        double u = up[i], l = down[i];
+        int64_t n = (int64_t)runs[i];
+        if (!isnan(z[r])) {
+            u = u + z[r] - k;
+            u = u > 0.0 ? u : 0.0;
+            l = l - z[r] - k;
+            l = l > 0.0 ? l : 0.0;
+            n = (u > 0.0 || l > 0.0) ? n + 1 : 0;
+        }
+        double s = u > l ? u : l;
+        double sign = n > 0 ? (u >= l ? 1.0 : -1.0) : 0.0;
+        statistic[r] = s;
+        run_mean[r] = (s / (double)(n > 1 ? n : 1) + k) * sign;
+        alarm[r] = s > h;
+        if (s > h) u = l = 0.0, n = 0;
+        up[i] = u;
+        down[i] = l;
+        runs[i] = (double)n;
+        run[r] = n;
+    }
+}
+
+static PyObject *cusum(PyObject *self, PyObject *args) {
+    Py_buffer v[7]; /* table, index, z, run, alarm, statistic, run_mean */
+    double k, h;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "w*y*y*ddw*w*w*w*", &v[0], &v[1], &v[2], &k, &h, &v[3], &v[4], &v[5], &v[6]))
+        return NULL;
+    Py_ssize_t rows = v[2].len / 8, streams = v[0].len / 24;
+    if (v[0].len % 24 || v[2].len % 8 || v[1].len != rows * 8 || v[3].len != rows * 8 || v[4].len != rows ||
+        v[5].len != rows * 8 || v[6].len != rows * 8)
+        return finish(v, 7, "need a float64 (3, streams) table, int64 index and float64 z of one length, and "
+                            "outputs of that length (int64 run, bool alarm, float64 statistic and run_mean)");
+    const int64_t *index = v[1].buf;
+    for (Py_ssize_t r = 0; r < rows; r++)
+        if (index[r] < 0 || index[r] >= streams) return finish(v, 7, "index out of the table's streams");
+    Py_BEGIN_ALLOW_THREADS
+    cusum_rows(v[0].buf, streams, index, v[2].buf, rows, k, h, v[3].buf, v[4].buf, v[5].buf, v[6].buf);
+    Py_END_ALLOW_THREADS
+    return finish(v, 7, NULL);
+}
+
 static PyMethodDef methods[] = {
     {"goodness_of_fit", goodness_of_fit, METH_VARARGS,
      "goodness_of_fit(counts, bins, probs, phi, min_expected, pearson, chi2, g, df, p) -> None: per row of the\n"
@@ -446,6 +498,10 @@ static PyMethodDef methods[] = {
     {"betabinom_sf", betabinom_sf, METH_VARARGS,
      "betabinom_sf(a, n, alpha, beta, log0, out) -> None: P(X >= a) for X ~ BetaBinomial(n, alpha, beta) per\n"
      "row, log0[n] being log pmf(0); NaN for the rows left to the numpy path."},
+    {"cusum", cusum, METH_VARARGS,
+     "cusum(table, index, z, k, h, run, alarm, statistic, run_mean) -> None: one window of z for the streams\n"
+     "at rows index of the (3, streams) sums table, updated in place (sequential.cusum_step), and per row the\n"
+     "new run, the alarm, the statistic and the run's mean."},
     {NULL, NULL, 0, NULL},
 };
 

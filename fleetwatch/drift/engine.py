@@ -44,7 +44,7 @@ from scipy import special
 
 from fleetwatch.baselines.model import Baseline
 from fleetwatch.drift.multitest import FalseDiscovery, bh_qvalues, binomial_tail
-from fleetwatch.drift.sequential import CusumState, cusum_step, threshold
+from fleetwatch.drift.sequential import CusumState, CusumUpdate, cusum_update, threshold
 from fleetwatch.drift.stats import (
     anomaly_p,
     estimated_accuracy,
@@ -198,15 +198,13 @@ class _Sums:
         self.keys, self.rows, index = _grown(self.keys, self.rows, keys)
         return index
 
-    def take(self, signals: Sequence[str], index: np.ndarray) -> CusumState:
-        """The sums of `signals` at rows `index`, shaped (signals, rows)."""
-        return _gather(self.rows, signals, index)
-
-    def store(self, signals: Sequence[str], index: np.ndarray, state: CusumState) -> None:
-        """Set the sums of `signals` at rows `index` to `state`, shaped (signals, rows)."""
-        for signal in signals:
-            self.rows.setdefault(signal, _at_rest(len(self.keys)))
-        _scatter(self.rows, signals, index, state)
+    def step(
+        self, signals: Sequence[str], index: np.ndarray, z: np.ndarray, delta: float, h: np.ndarray
+    ) -> CusumUpdate:
+        """Feed the scores `z`, shaped (signals, rows), to the sums of `signals` at rows `index`, in place
+        (`cusum_update`); the step's outcome."""
+        tables = [self.rows.setdefault(signal, _at_rest(len(self.keys))) for signal in signals]
+        return cusum_update(tables, index, z, delta, h)
 
     def table(self) -> SumTable:
         return SumTable(self.keys, self.rows)
@@ -446,8 +444,7 @@ def evaluate(
         thresholds = {"input_mean": settings.device_h(baseline.score_bias_var), "input_var": settings.device_h(0.0)}
         h = np.array([[thresholds[_base(signal)]] for signal in sequential])
         z = np.stack([scores.z[signal] for signal in sequential])
-        step = cusum_step(sums.take(sequential, index), z, settings.cusum_delta, h)
-        sums.store(sequential, index, step.state)
+        step = sums.step(sequential, index, z, settings.cusum_delta, h)
         for signal, zs in scores.z.items():
             minimum = settings.min_effect.get(_base(signal), 0.0)
             if signal in SEQUENTIAL:
@@ -469,7 +466,7 @@ def evaluate(
             if not len(reported):
                 continue
             if bh is None:
-                p = two_sided_p(run_mean * np.sqrt(np.maximum(step.state.run[j] + significant, 1)))
+                p = two_sided_p(run_mean * np.sqrt(np.maximum(step.run[j] + significant, 1)))
                 bh = FalseDiscovery(np.where(np.isnan(zs), np.nan, p))
             else:
                 p = bh.p
@@ -597,8 +594,7 @@ def _group_findings(
     names = [signals[j] for j in sequential]
     h = np.array([settings.cohort_h(error_var if _base(s) == "input_mean" else 0.0) for s in names]).reshape(-1, 1)
     index = sums.index(keys)
-    step = cusum_step(sums.take(names, index), combined[sequential], settings.cohort_delta, h)
-    sums.store(names, index, step.state)
+    step = sums.step(names, index, combined[sequential], settings.cohort_delta, h)
     out: list[Finding] = []
     for signal, zs, size, count in zip(signals, combined, mean_z, m, strict=True):
         if signal in SEQUENTIAL:

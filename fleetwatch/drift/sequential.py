@@ -39,11 +39,14 @@ A score of NaN (the device sent nothing, or was idle) leaves that stream's state
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from functools import cache
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from fleetwatch.drift import native
 
 #: Siegmund's correction of the threshold for the overshoot of a normal CUSUM (b = h + 1.166).
 SIEGMUND_CORRECTION = 1.166
@@ -203,6 +206,44 @@ def cusum_step(state: CusumState, z: ArrayLike, delta: float, h: ArrayLike) -> C
     for values in (upper, lower, run):
         np.copyto(values, 0, where=alarm)
     return CusumStep(CusumState(upper, lower, run), alarm, statistic, side, run_mean)
+
+
+@dataclass(frozen=True)
+class CusumUpdate:
+    """What `cusum_update` reports of a step, shaped (signals, rows): `alarm`, `statistic` and `run_mean` as
+    in `CusumStep`, and `run`, the new state's run (0 after an alarm)."""
+
+    alarm: np.ndarray
+    statistic: np.ndarray
+    run_mean: np.ndarray
+    run: np.ndarray
+
+
+def cusum_update(
+    tables: Sequence[np.ndarray], index: np.ndarray, z: ArrayLike, delta: float, h: ArrayLike
+) -> CusumUpdate:
+    """`cusum_step` for several signals' streams kept in sums tables, updated in place: `tables[j]` holds
+    signal j's (3, streams) upper, lower and run (as floats; C-contiguous), `index` the rows of the window's
+    streams, `z` the scores shaped (signals, rows), `h` one threshold per signal (or one for all). One pass
+    per signal with the C routines (`native.routines`), else gathered, stepped and scattered back by numpy:
+    the same floats either way."""
+    index = np.asarray(index, dtype=np.int64)
+    z = np.asarray(z, dtype=float).reshape(len(tables), len(index))
+    thresholds = np.broadcast_to(np.asarray(h, dtype=float).reshape(-1), (len(tables),))
+    if native.routines is None:
+        state = CusumState(*(np.stack([table[part, index] for table in tables]) for part in range(3)))
+        step = cusum_step(replace(state, run=state.run.astype(np.int64)), z, delta, thresholds.reshape(-1, 1))
+        for table, upper, lower, run in zip(tables, step.state.upper, step.state.lower, step.state.run, strict=True):
+            table[:, index] = upper, lower, run
+        return CusumUpdate(step.alarm, step.statistic, step.run_mean, step.state.run)
+    statistic, run_mean = np.empty(z.shape), np.empty(z.shape)
+    run, alarm = np.empty(z.shape, dtype=np.int64), np.empty(z.shape, dtype=bool)
+    for j, table in enumerate(tables):
+        native.routines.cusum(
+            table, index, np.ascontiguousarray(z[j]), delta / 2, float(thresholds[j]),
+            run[j], alarm[j], statistic[j], run_mean[j],
+        )  # fmt: skip
+    return CusumUpdate(alarm, statistic, run_mean, run)
 
 
 @dataclass(frozen=True)
