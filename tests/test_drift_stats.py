@@ -20,6 +20,7 @@ from scipy.spatial.distance import jensenshannon
 
 from fleetwatch.drift import native
 from fleetwatch.drift import stats as kernels
+from fleetwatch.drift.sequential import cusum_update
 from fleetwatch.drift.stats import (
     anomaly_p,
     anomaly_z,
@@ -414,6 +415,41 @@ def test_the_c_routines_agree_on_any_counts(
     probs = np.array(weights[: counts.shape[1]])
     probs = probs if probs.sum() > 0 else np.ones(counts.shape[1])
     assert_same_counts_tests(monkeypatch, counts, probs, phi)
+
+
+def test_a_large_call_split_over_two_threads_gives_each_row_what_small_calls_give() -> None:
+    """The C routines split calls of 16,384 rows or more over two threads (rows are independent): the same
+    floats as the same rows in calls too small to split."""
+    assert native.routines is not None, "the C routines are not built: python3 setup.py build_ext -i"
+    rng = np.random.default_rng(11)
+    rows, chunk = 40_000, 5_000
+    probs = rng.dirichlet(np.ones(10))
+    n = rng.integers(0, 3000, rows)
+    counts = rng.multinomial(n, probs)
+    anomalies = rng.binomial(n, 0.03)
+    phi = rng.uniform(0.8, 2.0, rows)
+
+    def chunked(fn: Any, *arrays: np.ndarray) -> Any:
+        parts = [fn(*(a[i : i + chunk] for a in arrays)) for i in range(0, rows, chunk)]
+        if isinstance(parts[0], np.ndarray):
+            return np.concatenate(parts)
+        return type(parts[0])(*(np.concatenate(field) for field in zip(*parts, strict=True)))
+
+    whole, split = goodness_of_fit(counts, probs, phi), chunked(lambda c, f: goodness_of_fit(c, probs, f), counts, phi)
+    for got, expected in zip(whole, split, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(psi(counts, probs), chunked(lambda c: psi(c, probs), counts))
+    np.testing.assert_array_equal(
+        betabinom_sf(anomalies, n, 0.6, 20.0), chunked(lambda a, m: betabinom_sf(a, m, 0.6, 20.0), anomalies, n)
+    )
+    tables, index = [np.zeros((3, rows + 7)) for _ in range(2)], rng.permutation(rows + 7)[:rows]
+    z = rng.normal(0.3, 1.5, rows)
+    whole_step = cusum_update(tables[:1], index, z[None], 1.0, 6.0)
+    for i in range(0, rows, chunk):
+        part = cusum_update(tables[1:], index[i : i + chunk], z[None, i : i + chunk], 1.0, 6.0)
+        np.testing.assert_array_equal(whole_step.statistic[0, i : i + chunk], part.statistic[0])
+        np.testing.assert_array_equal(whole_step.run[0, i : i + chunk], part.run[0])
+    np.testing.assert_array_equal(tables[0], tables[1])
 
 
 def test_the_c_routines_refuse_malformed_calls() -> None:

@@ -55,6 +55,46 @@
 #define LN2_LO 1.90821492927058770002e-10 /* 0x3dea39ef35793c76 */
 /* Values a block of rows holds in each work array (about 32 KB): the rows are taken a block at a time. */
 #define BLOCK_VALUES 4096
+/* A call over at least this many rows is split in two halves, the first on a second thread, when the machine has
+ * more than one CPU: rows are independent, so the results are the same. Below it, a thread costs more than it
+ * saves. */
+#define SPLIT_MIN_ROWS 16384
+#define PARTS 2
+
+typedef void (*part_fn)(void *args, int part, Py_ssize_t start, Py_ssize_t stop);
+
+typedef struct {
+    part_fn fn;
+    void *args;
+    Py_ssize_t stop;
+} first_part;
+
+#if defined(__unix__)
+#include <pthread.h>
+#include <unistd.h>
+
+static long cpus = 1;
+
+static void *run_first_part(void *p) {
+    first_part *first = p;
+    first->fn(first->args, 0, 0, first->stop);
+    return NULL;
+}
+
+/* fn(args, part, start, stop) over rows [0, rows): parts 0 and 1 on two threads, or part 0 over all rows. */
+static void over_rows(part_fn fn, void *args, Py_ssize_t rows) {
+    first_part first = {fn, args, rows / 2};
+    pthread_t thread;
+    if (rows >= SPLIT_MIN_ROWS && cpus > 1 && pthread_create(&thread, NULL, run_first_part, &first) == 0) {
+        fn(args, 1, rows / 2, rows);
+        pthread_join(thread, NULL);
+    } else {
+        fn(args, 0, 0, rows);
+    }
+}
+#else
+static void over_rows(part_fn fn, void *args, Py_ssize_t rows) { fn(args, 0, 0, rows); }
+#endif
 
 /* numpy's pairwise sum of n contiguous doubles (numpy/_core/src/umath/loops_utils.h.src), the order in
  * which numpy's sum(axis=-1) adds a row. Rows of up to 128 are summed inline, longer ones by halves. */
@@ -234,15 +274,35 @@ static void fit_rows(const double *counts, Py_ssize_t rows, Py_ssize_t bins, con
     }
 }
 
+typedef struct {
+    const double *counts;
+    Py_ssize_t bins;
+    const double *probs, *phi;
+    Py_ssize_t phi_step;
+    double min_expected;
+    int pearson;
+    double *chi2, *g;
+    int64_t *df;
+    double *p, *work;
+    Py_ssize_t block_rows;
+} fit_call;
+
+static void fit_part(void *args, int part, Py_ssize_t start, Py_ssize_t stop) {
+    fit_call *c = args;
+    fit_rows(c->counts + start * c->bins, stop - start, c->bins, c->probs, c->phi + start * c->phi_step, c->phi_step,
+             c->min_expected, c->pearson, c->chi2 != NULL ? c->chi2 + start : NULL, c->g + start, c->df + start,
+             c->p + start, c->work + part * 5 * c->block_rows * c->bins, c->block_rows);
+}
+
 static void release(Py_buffer *views, int count) {
     for (int i = 0; i < count; i++) PyBuffer_Release(&views[i]);
 }
 
-/* Rows of `bins` values a block takes, and a work array of `arrays` such blocks; NULL with MemoryError set and
- * the call's views released. */
+/* Rows of `bins` values a block takes, and a work array of `arrays` such blocks for each of the PARTS parts of a
+ * call; NULL with MemoryError set and the call's views released. */
 static double *block_work(Py_ssize_t bins, int arrays, Py_ssize_t *block_rows, Py_buffer *views, int count) {
     *block_rows = bins < BLOCK_VALUES ? BLOCK_VALUES / bins : 1;
-    double *work = PyMem_Malloc((size_t)arrays * (size_t)(*block_rows * bins) * sizeof *work);
+    double *work = PyMem_Malloc((size_t)PARTS * (size_t)arrays * (size_t)(*block_rows * bins) * sizeof *work);
     if (work == NULL) {
         release(views, count);
         PyErr_NoMemory();
@@ -284,9 +344,10 @@ static PyObject *goodness_of_fit(PyObject *self, PyObject *args) {
     Py_ssize_t block_rows;
     double *work = block_work(bins, 5, &block_rows, v, 7);
     if (work == NULL) return NULL;
+    fit_call call = {counts, bins, probs, phi, v[2].len == 8 ? 0 : 1, min_expected, pearson, want_chi2 ? chi2 : NULL,
+                     g, df, p, work, block_rows};
     Py_BEGIN_ALLOW_THREADS
-    fit_rows(counts, rows, bins, probs, phi, v[2].len == 8 ? 0 : 1, min_expected, pearson, want_chi2 ? chi2 : NULL, g,
-             df, p, work, block_rows);
+    over_rows(fit_part, &call, rows);
     Py_END_ALLOW_THREADS
     PyMem_Free(work);
     return finish(v, 7, NULL);
@@ -325,6 +386,20 @@ static void psi_rows(const double *counts, Py_ssize_t rows, Py_ssize_t bins, con
     }
 }
 
+typedef struct {
+    const double *counts;
+    Py_ssize_t bins;
+    const double *expected;
+    double eps, *out, *work;
+    Py_ssize_t block_rows;
+} psi_call;
+
+static void psi_part(void *args, int part, Py_ssize_t start, Py_ssize_t stop) {
+    psi_call *c = args;
+    psi_rows(c->counts + start * c->bins, stop - start, c->bins, c->expected, c->eps, c->out + start,
+             c->work + part * 4 * c->block_rows * c->bins, c->block_rows);
+}
+
 static PyObject *psi(PyObject *self, PyObject *args) {
     Py_buffer v[3]; /* counts, expected (smoothed baseline proportions), out */
     Py_ssize_t bins;
@@ -339,8 +414,9 @@ static PyObject *psi(PyObject *self, PyObject *args) {
     Py_ssize_t block_rows;
     double *work = block_work(bins, 4, &block_rows, v, 3);
     if (work == NULL) return NULL;
+    psi_call call = {counts, bins, expected, eps, out, work, block_rows};
     Py_BEGIN_ALLOW_THREADS
-    psi_rows(counts, rows, bins, expected, eps, out, work, block_rows);
+    over_rows(psi_part, &call, rows);
     Py_END_ALLOW_THREADS
     PyMem_Free(work);
     return finish(v, 3, NULL);
@@ -415,6 +491,20 @@ static double betabinom_row(double a, double n, double alpha, double beta, const
     return out < 0 ? 0.0 : out > 1 ? 1.0 : out;
 }
 
+typedef struct {
+    const double *a, *n;
+    double alpha, beta;
+    const double *log0;
+    Py_ssize_t top;
+    double *out;
+} betabinom_call;
+
+static void betabinom_part(void *args, int part, Py_ssize_t start, Py_ssize_t stop) {
+    betabinom_call *c = args;
+    (void)part;
+    for (Py_ssize_t r = start; r < stop; r++) c->out[r] = betabinom_row(c->a[r], c->n[r], c->alpha, c->beta, c->log0, c->top);
+}
+
 static PyObject *betabinom_sf(PyObject *self, PyObject *args) {
     Py_buffer v[4]; /* a, n, log pmf(0) by n, out */
     double alpha, beta;
@@ -426,8 +516,9 @@ static PyObject *betabinom_sf(PyObject *self, PyObject *args) {
     if (!(alpha > 0 && beta > 0)) return finish(v, 4, "need alpha > 0 and beta > 0");
     const double *a = v[0].buf, *n = v[1].buf, *log0 = v[2].buf;
     double *out = v[3].buf;
+    betabinom_call call = {a, n, alpha, beta, log0, top, out};
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t r = 0; r < rows; r++) out[r] = betabinom_row(a[r], n[r], alpha, beta, log0, top);
+    over_rows(betabinom_part, &call, rows);
     Py_END_ALLOW_THREADS
     return finish(v, 4, NULL);
 }
@@ -463,6 +554,25 @@ static void cusum_rows(double *table, Py_ssize_t streams, const int64_t *index, 
     }
 }
 
+typedef struct {
+    double *table;
+    Py_ssize_t streams;
+    const int64_t *index;
+    const double *z;
+    double k, h;
+    int64_t *run;
+    uint8_t *alarm;
+    double *statistic, *run_mean;
+} cusum_call;
+
+/* Rows [start, stop): the streams of distinct rows are distinct (one stream per key), so parts do not meet. */
+static void cusum_part(void *args, int part, Py_ssize_t start, Py_ssize_t stop) {
+    cusum_call *c = args;
+    (void)part;
+    cusum_rows(c->table, c->streams, c->index + start, c->z + start, stop - start, c->k, c->h, c->run + start,
+               c->alarm + start, c->statistic + start, c->run_mean + start);
+}
+
 static PyObject *cusum(PyObject *self, PyObject *args) {
     Py_buffer v[7]; /* table, index, z, run, alarm, statistic, run_mean */
     double k, h;
@@ -477,8 +587,9 @@ static PyObject *cusum(PyObject *self, PyObject *args) {
     const int64_t *index = v[1].buf;
     for (Py_ssize_t r = 0; r < rows; r++)
         if (index[r] < 0 || index[r] >= streams) return finish(v, 7, "index out of the table's streams");
+    cusum_call call = {v[0].buf, streams, index, v[2].buf, k, h, v[3].buf, v[4].buf, v[5].buf, v[6].buf};
     Py_BEGIN_ALLOW_THREADS
-    cusum_rows(v[0].buf, streams, index, v[2].buf, rows, k, h, v[3].buf, v[4].buf, v[5].buf, v[6].buf);
+    over_rows(cusum_part, &call, rows);
     Py_END_ALLOW_THREADS
     return finish(v, 7, NULL);
 }
@@ -508,6 +619,9 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__kernels(void) {
+#if defined(__unix__)
+    cpus = sysconf(_SC_NPROCESSORS_ONLN);
+#endif
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && PyModule_AddIntConstant(m, "MAX_BINS", MAX_BINS) < 0) {
         Py_DECREF(m);
