@@ -9,6 +9,7 @@
  *   betabinom_sf     beta-binomial upper tail by betabinom_sf's rule (rows it cannot do come back NaN)
  *   cusum            one window of sequential.cusum_step on the streams of a sums table, updated in place
  *
+ * A call over many rows runs as two halves on two threads when the process may use two CPUs (over_rows).
  * Floats: every row sum is numpy's pairwise sum taken in numpy's order, and no product is fused into a sum,
  * so Pearson's chi2, df and the accuracy estimate and its se are the numpy path's to the bit. G and PSI take
  * their logs from log_block, a vectorised log within an ulp of the C library's log (which numpy's G takes,
@@ -17,6 +18,7 @@
  * rather than in blocks.
  */
 #define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE /* sched_getaffinity */
 #include <Python.h>
 #include <float.h>
 #include <math.h>
@@ -55,9 +57,9 @@
 #define LN2_LO 1.90821492927058770002e-10 /* 0x3dea39ef35793c76 */
 /* Values a block of rows holds in each work array (about 32 KB): the rows are taken a block at a time. */
 #define BLOCK_VALUES 4096
-/* A call over at least this many rows is split in two halves, the first on a second thread, when the machine has
- * more than one CPU: rows are independent, so the results are the same. Below it, a thread costs more than it
- * saves. */
+/* A call over at least this many rows is split in two halves, the first on a second thread, when the process may
+ * run on more than one CPU: rows are independent, so the results are the same. Below it, a thread costs more than
+ * it saves. */
 #define SPLIT_MIN_ROWS 16384
 #define PARTS 2
 
@@ -71,9 +73,17 @@ typedef struct {
 
 #if defined(__unix__)
 #include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
-static long cpus = 1;
+/* The CPUs this process may run on now (a process pinned to one core gets no second thread). */
+static long usable_cpus(void) {
+#if defined(__linux__) && defined(CPU_COUNT)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
+#endif
+    return sysconf(_SC_NPROCESSORS_ONLN);
+}
 
 static void *run_first_part(void *p) {
     first_part *first = p;
@@ -85,7 +95,7 @@ static void *run_first_part(void *p) {
 static void over_rows(part_fn fn, void *args, Py_ssize_t rows) {
     first_part first = {fn, args, rows / 2};
     pthread_t thread;
-    if (rows >= SPLIT_MIN_ROWS && cpus > 1 && pthread_create(&thread, NULL, run_first_part, &first) == 0) {
+    if (rows >= SPLIT_MIN_ROWS && usable_cpus() > 1 && pthread_create(&thread, NULL, run_first_part, &first) == 0) {
         fn(args, 1, rows / 2, rows);
         pthread_join(thread, NULL);
     } else {
@@ -619,9 +629,6 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__kernels(void) {
-#if defined(__unix__)
-    cpus = sysconf(_SC_NPROCESSORS_ONLN);
-#endif
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && PyModule_AddIntConstant(m, "MAX_BINS", MAX_BINS) < 0) {
         Py_DECREF(m);
