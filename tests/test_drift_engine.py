@@ -390,3 +390,38 @@ def test_evaluate_leaves_the_callers_state_alone_and_rows_in_any_order_give_the_
 
 def inventory_site(spec: FleetSpec) -> str:
     return next(csv.DictReader(io.StringIO(inventory_csv(spec))))["site"]
+
+
+def test_small_cohorts_keep_their_budget_on_the_snapshot_signals() -> None:
+    """Sites of 25 devices with nothing changed: a cohort's snapshot signals (confidence, classes, anomalies,
+    ...) need p <= cohort_alpha, their share of the cohort budget, not a per-window BH q across cohorts,
+    which a small cohort's mean z passes by chance every few hundred windows (the minimum effect of 0.25
+    is only 1.25 sd of its Stouffer Z)."""
+    assert DriftSettings().cohort_alpha == pytest.approx(1 / 12 / 8760)
+    sites = tuple(f"s{i}" for i in range(8))
+    spec = FleetSpec(n_devices=200, seed=4, tags={"site": {s: 1 / 8 for s in sites}})
+    telemetry = simulate(spec, [], n_windows=REF + 200)
+    window = np.asarray(telemetry.window)
+    ref = flat(telemetry, window < REF)
+    baseline = fit_reference(ref, model_id=int(ref["model_id"][0]), version="v1", fitted_at=0, time_range=(0, 1))
+    inventory = {
+        r["device"]: {k: v for k, v in r.items() if k != "device"}
+        for r in csv.DictReader(io.StringIO(inventory_csv(spec)))
+    }
+    state, snapshot = EngineState(), []
+    for w in range(REF, REF + 200):
+        columns = flat(telemetry, window == w)
+        findings, state = evaluate(
+            columns,
+            {baseline.model_id: baseline},
+            cohort_masks(columns, inventory),
+            state,
+            DriftSettings(),
+            spec.start + (w + 1) * 3600,
+            3600,
+        )
+        snapshot += [f for f in findings if f.scope != "device" and f.signal in SNAPSHOT and f.severity != "ok"]
+    assert snapshot == []
+
+
+SNAPSHOT = ("confidence", "class_prior", "anomaly_rate", "accuracy", "latency_p95", "memory")

@@ -28,7 +28,8 @@ faults persist and the heavy tails of field counts produce single-window excursi
 
 Cohorts (inventory tags, fw_version, model_id) and the fleet get two kinds of evidence: the
 Stouffer combination of their devices' window scores (a CUSUM on it for the input signals, with a
-false-alarm budget per cohort of its own, `cohort_arl0_windows`; BH across cohorts for the others), which
+false-alarm budget per cohort of its own, `cohort_arl0_windows`; for the others a p-value within their share
+of that budget, `cohort_alpha`), which
 pools shifts no single device can show, and the number of devices in alarm against a binomial bound.
 """
 
@@ -104,6 +105,13 @@ class DriftSettings:
         """CUSUM threshold: one sequential signal's share of the per-device false-alarm budget, averaged
         over devices whose scores carry a persistent N(0, bias_var) bias (`Baseline.score_bias_var`)."""
         return _threshold(self.arl0_windows / self.sequential_share, self.cusum_delta, bias_var)
+
+    @property
+    def cohort_alpha(self) -> float:
+        """The p-value a cohort's snapshot signal must reach in a window: the share of the cohort budget each
+        sequential signal gets too (`sequential_share` / `cohort_arl0_windows`), so that the six snapshot
+        and six sequential signals of a cohort together keep one false alarm per `cohort_arl0_windows`."""
+        return self.sequential_share / self.cohort_arl0_windows
 
     def cohort_h(self, bias_var: float) -> float:
         """The cohort CUSUM's threshold: one sequential signal's share of the cohort budget. A cohort's Z
@@ -604,7 +612,7 @@ def _group_findings(
             effect = np.where(count > 0, step.run_mean[j] / np.sqrt(np.maximum(count, 1)), np.nan)
         else:
             p = one_sided_p(zs)
-            significant, statistic = np.nan_to_num(bh_qvalues(p), nan=1.0) <= settings.q_max, zs
+            significant, statistic = np.nan_to_num(p, nan=1.0) <= settings.cohort_alpha, zs
             effect, minimum = size, settings.cohort_min_effect
         q = bh_qvalues(p)
         severity = _severity(significant, effect, minimum, settings.critical_factor)
