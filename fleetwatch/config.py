@@ -222,7 +222,12 @@ class DriftConfig(Section):
     window_s: int = Field(3600, gt=0, description="The aggregation window the devices use (checks align to it).")
     check_delay_s: int = Field(300, ge=0, description="Wait this long after a window ends for late frames.")
     misfire_grace_s: int = Field(900, ge=0, description="A check missed by less than this still runs.")
-    q_max: float = Field(0.01, gt=0, lt=1, description="BH q-value a device/cohort finding must reach.")
+    q_max: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="BH q-value of a device's snapshot findings and of a cohort's devices-in-alarm count.",
+    )
     arl0_windows: float = Field(
         24_000, gt=1, description="CUSUM false-alarm budget: expected windows between false alarms of one device."
     )
