@@ -39,19 +39,24 @@ def flat(telemetry, rows: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def run(spec: FleetSpec, changes: list[Change]) -> tuple[list, Baseline]:
-    telemetry = simulate(spec, changes, n_windows=REF + EVAL)
+def inventory_of(spec: FleetSpec) -> dict[str, dict[str, str]]:
+    return {
+        r["device"]: {k: v for k, v in r.items() if k != "device"}
+        for r in csv.DictReader(io.StringIO(inventory_csv(spec)))
+    }
+
+
+def run(spec: FleetSpec, changes: list[Change], windows: int = EVAL) -> tuple[list, Baseline]:
+    """The non-ok findings of `windows` windows after REF reference windows, as (window, finding)."""
+    telemetry = simulate(spec, changes, n_windows=REF + windows)
     window = np.asarray(telemetry.window)
     ref = flat(telemetry, window < REF)
     baseline = fit_reference(
         ref, model_id=int(ref["model_id"][0]), version="model-1-v1", fitted_at=0, time_range=(0, 1)
     )
-    inventory = {
-        r["device"]: {k: v for k, v in r.items() if k != "device"}
-        for r in csv.DictReader(io.StringIO(inventory_csv(spec)))
-    }
+    inventory = inventory_of(spec)
     state, found = EngineState(), []
-    for w in range(REF, REF + EVAL):
+    for w in range(REF, REF + windows):
         columns = flat(telemetry, window == w)
         findings, state = evaluate(
             columns,
@@ -274,10 +279,7 @@ def test_a_device_named_like_a_cohort_keeps_its_own_cusum() -> None:
         spec, [Change("input_mean_shift", 6.0, Target(devices=tuple(range(8))), onset=REF)], n_windows=REF + 3
     )
     window = np.asarray(telemetry.window)
-    inventory = {
-        r["device"]: {k: v for k, v in r.items() if k != "device"}
-        for r in csv.DictReader(io.StringIO(inventory_csv(spec)))
-    }
+    inventory = inventory_of(spec)
     renamed = {"dev-00000": "fleet", "dev-00001": "site=north"}
     results = []
     for names in ({}, renamed):
@@ -345,10 +347,7 @@ def test_evaluate_leaves_the_callers_state_alone_and_rows_in_any_order_give_the_
     window = np.asarray(telemetry.window)
     ref = flat(telemetry, window < REF)
     baseline = fit_reference(ref, model_id=int(ref["model_id"][0]), version="v1", fitted_at=0, time_range=(0, 1))
-    inventory = {
-        r["device"]: {k: v for k, v in r.items() if k != "device"}
-        for r in csv.DictReader(io.StringIO(inventory_csv(spec)))
-    }
+    inventory = inventory_of(spec)
     order = np.random.default_rng(3).permutation(spec.n_devices)
 
     def step(state: EngineState, w: int, shuffled: bool) -> tuple[list, EngineState]:
@@ -399,28 +398,8 @@ def test_small_cohorts_keep_their_budget_on_the_snapshot_signals() -> None:
     is only 1.25 sd of its Stouffer Z)."""
     assert DriftSettings().cohort_alpha == pytest.approx(1 / 12 / 8760)
     sites = tuple(f"s{i}" for i in range(8))
-    spec = FleetSpec(n_devices=200, seed=4, tags={"site": {s: 1 / 8 for s in sites}})
-    telemetry = simulate(spec, [], n_windows=REF + 200)
-    window = np.asarray(telemetry.window)
-    ref = flat(telemetry, window < REF)
-    baseline = fit_reference(ref, model_id=int(ref["model_id"][0]), version="v1", fitted_at=0, time_range=(0, 1))
-    inventory = {
-        r["device"]: {k: v for k, v in r.items() if k != "device"}
-        for r in csv.DictReader(io.StringIO(inventory_csv(spec)))
-    }
-    state, snapshot = EngineState(), []
-    for w in range(REF, REF + 200):
-        columns = flat(telemetry, window == w)
-        findings, state = evaluate(
-            columns,
-            {baseline.model_id: baseline},
-            cohort_masks(columns, inventory),
-            state,
-            DriftSettings(),
-            spec.start + (w + 1) * 3600,
-            3600,
-        )
-        snapshot += [f for f in findings if f.scope != "device" and f.signal in SNAPSHOT and f.severity != "ok"]
+    found, _ = run(FleetSpec(n_devices=200, seed=4, tags={"site": {s: 1 / 8 for s in sites}}), [], windows=200)
+    snapshot = [f for _, f in found if f.scope != "device" and f.signal in SNAPSHOT]
     assert snapshot == []
 
 
