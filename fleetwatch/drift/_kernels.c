@@ -180,6 +180,16 @@ static double erfc_scaled(double h) {
     return sum;
 }
 
+/* ln Gamma(a) for a > 0. lgamma sets the global signgam, a race when two threads call it; lgamma_r does not. */
+static inline double log_gamma(double a) {
+#if defined(__unix__)
+    int sign;
+    return lgamma_r(a, &sign);
+#else
+    return lgamma(a);
+#endif
+}
+
 /* P(chi2_k >= x) for an integer 1 <= k <= MAX_BINS - 1, with h = x / 2 and k = 2m (+ 1):
  *   even k: e^-h sum_{j<m} h^j / j!
  *   odd k:  erfc(sqrt h) + e^-h sum_{j<m} h^(j+1/2) / Gamma(j + 3/2)
@@ -204,7 +214,7 @@ static double chi2_sf(Py_ssize_t k, double x) {
         return sum;
     }
     double a = 0.5 * (double)k;
-    double log_fac = a * log(h) - h - lgamma(a);
+    double log_fac = a * log(h) - h - log_gamma(a);
     if (log_fac < -MAXLOG) return 0.0;
     double sum = 0.0, term = 1.0;
     for (Py_ssize_t j = m - 1; j >= 0; j--) {
