@@ -224,7 +224,8 @@ def cusum_update(
 ) -> CusumUpdate:
     """`cusum_step` for several signals' streams kept in sums tables, updated in place: `tables[j]` holds
     signal j's (3, streams) upper, lower and run (as floats; C-contiguous), `index` the rows of the window's
-    streams, `z` the scores shaped (signals, rows), `h` one threshold per signal (or one for all). One pass
+    streams (distinct: one stream per key), `z` the scores shaped (signals, rows), `h` one threshold per
+    signal (or one for all). One pass
     per signal with the C routines (`native.routines`), else gathered, stepped and scattered back by numpy:
     the same floats either way."""
     index = np.asarray(index, dtype=np.int64)
