@@ -160,7 +160,7 @@ def test_simulated_false_alarm_rate_with_fitted_levels() -> None:
 
 def test_docs_quote_the_thresholds_for_fitted_levels() -> None:
     """Fits on 168 hourly windows: the device h, what the known-level h would give, the delays, and the
-    cohort table of docs/drift.md."""
+    cohort table of docs/drift.md; the cohort alpha of the snapshot signals."""
     text = DOC.read_text()
     device_v, cohort_v = (1 / 168) / (1 + 2 / 168), (3 / 168) / (1 + 2 / 168)
     settings = DriftSettings()
@@ -173,6 +173,8 @@ def test_docs_quote_the_thresholds_for_fitted_levels() -> None:
     for budget in (8_760.0, 2_190.0, 730.0):
         cohort_h = DriftSettings(cohort_arl0_windows=budget).cohort_h(cohort_v)
         quoted += [f"{cohort_h:.2f}", *(f"{detection_delay(cohort_h, 2.0, z):.2f}" for z in (1.68, 2.0, 3.0, 3.76))]
+    alpha = settings.cohort_alpha
+    quoted += [f"{alpha * 1e6:.2f}e-6", f"Z >= {stats.norm.isf(alpha):.2f}"]
     missing = [value for value in quoted if value not in text]
     assert not missing, f"docs/drift.md lacks {missing}"
 

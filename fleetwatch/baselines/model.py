@@ -112,7 +112,7 @@ class Baseline:
         if not len(keys):
             return np.tile(fleet, (len(known), 1)), known
         phase = 2 * np.pi * (t % DAY_S) / DAY_S
-        # one matrix-vector product over (devices x channels, 3): a third of the time of the stacked product
+        # one matrix-vector product over (devices x channels, 3), cheaper than the stacked (3, 3) products
         own = (profiles[as_rows(index)].reshape(-1, 3) @ np.array([1.0, np.sin(phase), np.cos(phase)])).reshape(
             len(index), len(self.channels)
         )

@@ -145,8 +145,12 @@ class SumTable:
 
     def at(self, signal: str, index: np.ndarray, found: np.ndarray | None = None) -> CusumState:
         """The sums of `signal` at rows `index` of `keys` (at rest where not `found`)."""
-        sums = _gather(self.rows, [signal], index, found)
-        return CusumState(sums.upper[0], sums.lower[0], sums.run[0])
+        if signal not in self.rows:
+            return CusumState.zeros(len(index))
+        values = np.array(self.rows[signal][:, as_rows(index)])
+        if found is not None:
+            values[:, ~found] = 0
+        return CusumState(values[0], values[1], values[2].astype(np.int64))
 
     def with_keys(self, keys: np.ndarray) -> SumTable:
         """The table with `keys` among its streams (at rest where they are new)."""
@@ -161,11 +165,10 @@ class SumTable:
     def put_at(self, signal: str, index: np.ndarray, state: CusumState) -> SumTable:
         """A table with `signal` set to `state` at rows `index` of `keys`; a stream at rest, (0, 0, run),
         is kept as (0, 0, 0)."""
-        rows = {**self.rows, signal: self.rows[signal].copy() if signal in self.rows else _at_rest(len(self.keys))}
-        _scatter(
-            rows, [signal], index, CusumState(*(np.reshape(a, (1, -1)) for a in (state.upper, state.lower, state.run)))
-        )
-        return SumTable(self.keys, rows)
+        table = self.rows[signal].copy() if signal in self.rows else _at_rest(len(self.keys))
+        moving = (state.upper != 0) | (state.lower != 0)
+        table[:, as_rows(index)] = state.upper, state.lower, state.run * moving
+        return SumTable(self.keys, {**self.rows, signal: table})
 
     def to_json(self) -> dict[str, dict[str, list]]:
         """Per signal, the streams not at rest: {signal: {"keys": [...], "rows": [[upper, lower, run]]}}."""
@@ -231,33 +234,6 @@ def _grown(
         return keys, dict(rows), index
     pad = _at_rest(len(grown) - len(keys))
     return grown, {signal: np.concatenate([table, pad], axis=1) for signal, table in rows.items()}, index
-
-
-def _gather(
-    rows: Mapping[str, np.ndarray], signals: Sequence[str], index: np.ndarray, found: np.ndarray | None = None
-) -> CusumState:
-    """The sums of `signals` at rows `index` of their tables, shaped (signals, rows); at rest where not
-    `found` and for a signal without a table."""
-    at = as_rows(index)
-    upper, lower = np.zeros((len(signals), len(index))), np.zeros((len(signals), len(index)))
-    run = np.zeros((len(signals), len(index)), dtype=np.int64)
-    for j, signal in enumerate(signals):
-        if signal in rows:
-            upper[j], lower[j], run[j] = rows[signal][:, at]
-    if found is not None:
-        for values in (upper, lower, run):
-            values[:, ~found] = 0
-    return CusumState(upper, lower, run)
-
-
-def _scatter(rows: Mapping[str, np.ndarray], signals: Sequence[str], index: np.ndarray, state: CusumState) -> None:
-    """Write `state` ((signals, rows) arrays) into the tables of `signals` at rows `index`, in place; a stream
-    at rest, (0, 0, run), is written as (0, 0, 0)."""
-    at = as_rows(index)
-    run = state.run * ((state.upper != 0) | (state.lower != 0))
-    for j, signal in enumerate(signals):
-        table = rows[signal]
-        table[0, at], table[1, at], table[2, at] = state.upper[j], state.lower[j], run[j]
 
 
 @dataclass(frozen=True)

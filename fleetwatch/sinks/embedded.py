@@ -48,6 +48,7 @@ import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from itertools import repeat
 from pathlib import Path
 
 import duckdb
@@ -117,7 +118,7 @@ class _Devices:
     def codes(self, cursor: duckdb.DuckDBPyConnection, devices: np.ndarray) -> np.ndarray:
         """The code of each of `devices` (str); ids not in the table yet are added. Under the write lock."""
         known = self._codes
-        codes = np.fromiter((known.get(d, -1) for d in devices.tolist()), dtype=np.int64, count=len(devices))
+        codes = np.fromiter(map(known.get, devices.tolist(), repeat(-1)), dtype=np.int64, count=len(devices))
         missing = codes < 0
         if missing.any():
             # Read by DuckDB's replacement scan, like the points of a write.
@@ -457,8 +458,8 @@ def _scannable(values: np.ndarray) -> np.ndarray:
 
 def _by_device_and_time(places: np.ndarray, time: np.ndarray) -> np.ndarray | slice:
     """The order of rows by (device's place, time): all of them as they are when they are in that order
-    already (rows written in order), else one sort of one integer per row (three times faster than
-    np.lexsort) when both fit in it, as they do unless times span more than 2**63 / devices s."""
+    already (rows written in order), else one sort of one integer per row (faster than np.lexsort) when
+    both fit in it, as they do unless times span more than 2**63 / devices s."""
     if not len(time):
         return slice(None)
     offset = time - time.min()
